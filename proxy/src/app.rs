@@ -1,0 +1,51 @@
+//! The shared state of a running proxy.
+
+use std::sync::Arc;
+
+use portcullis_cache::{Store, StoreConfig};
+use portcullis_policy::NamePolicy;
+
+use crate::config::Config;
+use crate::fetch::Flights;
+use crate::route::Router;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, built once from a [`Config`].
+pub struct App {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub router: Router,
+    pub names: NamePolicy,
+    pub flights: Arc<Flights>,
+}
+
+impl App {
+    /// Opens the cache and builds the upstream clients.
+    pub fn new(config: Config) -> Result<App, String> {
+        let store = Store::open(&StoreConfig {
+            dir: config.cache.dir.clone(),
+            max_size: config.cache.max_size.as_u64(),
+            hot_bytes: config.cache.memory.as_u64(),
+        })
+        .map_err(|e| {
+            format!(
+                "cannot open the cache in {}: {e}",
+                config.cache.dir.display()
+            )
+        })?;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default = config.upstreams.iter().position(|u| u.default);
+        let names = NamePolicy::new(&config.policy).map_err(|e| e.to_string())?;
+        Ok(App {
+            router: Router::new(upstreams, default),
+            names,
+            store,
+            flights: Arc::default(),
+            config,
+        })
+    }
+}

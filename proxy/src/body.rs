@@ -1,0 +1,208 @@
+//! Response bodies, and the verify-while-streaming body.
+//!
+//! A blob body follows a file that is being written by a fetch (or is already complete). While
+//! the fetch is still hashing, the body releases bytes only up to the written length minus a held
+//! back tail, so no client can finish a blob before its digest has matched. If the fetch fails,
+//! the body ends with an error, which makes hyper abort the response: a client sees a truncated
+//! transfer, never a complete unverified one. Reads happen on a blocking thread, by position, in
+//! bounded chunks: memory per client stays at a few chunks whatever the blob size.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use tokio::sync::{mpsc, watch};
+
+use crate::fetch::Progress;
+
+/// Every response body.
+pub type ResponseBody = BoxBody<Bytes, io::Error>;
+
+/// Bytes read from disk per chunk.
+const CHUNK: usize = 256 * 1024;
+/// Chunks queued per client.
+const QUEUE: usize = 4;
+/// Bytes withheld from the end of a blob until its digest has matched.
+pub const HOLD_BACK: u64 = 64 * 1024;
+
+pub fn full(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> ResponseBody {
+    full(Bytes::new())
+}
+
+/// Where a body reads from.
+pub enum Source {
+    /// A committed blob.
+    Done(File),
+    /// A blob being fetched: the temporary path, then the committed path once renamed.
+    Following {
+        paths: [PathBuf; 2],
+        progress: watch::Receiver<Progress>,
+    },
+}
+
+/// Streams `[start, end)` of `source`.
+pub fn stream(source: Source, start: u64, end: u64) -> ResponseBody {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = pump(source, start, end, &tx, &handle) {
+            tracing::warn!(error = %e, "blob stream aborted");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    ChannelBody {
+        rx,
+        remaining: end - start,
+    }
+    .boxed()
+}
+
+fn pump(
+    source: Source,
+    mut pos: u64,
+    end: u64,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    handle: &tokio::runtime::Handle,
+) -> io::Result<()> {
+    match source {
+        Source::Done(file) => {
+            while pos < end {
+                if !send_chunk(&file, &mut pos, end, tx)? {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+        Source::Following {
+            paths,
+            mut progress,
+        } => {
+            let mut file: Option<File> = None;
+            loop {
+                let releasable = match &*progress.borrow_and_update() {
+                    Progress::Streaming { size, written } => releasable(*size, *written),
+                    Progress::Verified { size } => *size,
+                    Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
+                    Progress::Starting => 0,
+                };
+                let limit = releasable.min(end);
+                if pos < limit {
+                    let f = match &file {
+                        Some(f) => f,
+                        None => file.insert(open_either(&paths)?),
+                    };
+                    if !send_chunk(f, &mut pos, limit, tx)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                if pos >= end {
+                    return Ok(());
+                }
+                if handle.block_on(progress.changed()).is_err() {
+                    return Err(io::Error::other("blob fetch ended without a verdict"));
+                }
+            }
+        }
+    }
+}
+
+/// How much of a blob being written may be released before its digest is known.
+fn releasable(size: Option<u64>, written: u64) -> u64 {
+    match size {
+        Some(size) => written.min(size.saturating_sub(HOLD_BACK)),
+        None => 0,
+    }
+}
+
+fn open_either(paths: &[PathBuf; 2]) -> io::Result<File> {
+    File::open(&paths[0]).or_else(|_| File::open(&paths[1]))
+}
+
+/// Reads one chunk at `pos` and queues it. `Ok(false)` when the client has gone.
+fn send_chunk(
+    file: &File,
+    pos: &mut u64,
+    end: u64,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+) -> io::Result<bool> {
+    let want = (end - *pos).min(CHUNK as u64) as usize;
+    let mut buf = BytesMut::zeroed(want);
+    let mut filled = 0;
+    while filled < want {
+        let n = file.read_at(&mut buf[filled..], *pos + filled as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than recorded",
+            ));
+        }
+        filled += n;
+    }
+    *pos += want as u64;
+    Ok(tx.blocking_send(Ok(buf.freeze())).is_ok())
+}
+
+/// A body fed by a channel, with an exact size hint so hyper sends `Content-Length`.
+struct ChannelBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob stream ended early",
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_back_the_tail_until_verified() {
+        assert_eq!(releasable(None, 10), 0);
+        assert_eq!(releasable(Some(1000), 1000), 0);
+        let size = 10 * HOLD_BACK;
+        assert_eq!(releasable(Some(size), HOLD_BACK), HOLD_BACK);
+        assert_eq!(releasable(Some(size), size), size - HOLD_BACK);
+    }
+}

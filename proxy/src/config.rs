@@ -1,0 +1,233 @@
+//! Configuration: TOML, unknown keys rejected, validated on load, with an embedded default.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use portcullis_policy::{NamePolicy, NamePolicyConfig};
+use serde::Deserialize;
+use url::Url;
+
+/// The configuration used when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub policy: NamePolicyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where to listen. Examples and tests keep this on loopback.
+    pub listen: SocketAddr,
+    /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+    pub max_manifest_size: ByteSize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    /// Evict least recently used content above this size.
+    pub max_size: ByteSize,
+    /// Memory for manifests and small blobs.
+    pub memory: ByteSize,
+    /// After this long a tag mapping is revalidated upstream with HEAD.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// While the upstream is down, a tag mapping this old is still served (with a log line).
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+}
+
+/// One upstream registry. Credentials come from the environment or files, never inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// What `?ns=` and path prefixes match, e.g. `docker.io` or `127.0.0.1:5001`.
+    pub name: String,
+    /// `https://…`, or `http://…` when written here explicitly.
+    pub url: Url,
+    /// Names with no registry prefix and no `?ns=` go here (Docker `registry-mirrors`).
+    #[serde(default)]
+    pub default: bool,
+    pub username_env: Option<String>,
+    pub username_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for this upstream, besides the public roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers or for the next piece of a body.
+    #[serde(default = "defaults::read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest any one upstream exchange may take, body included.
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {source}")]
+    Parse {
+        origin: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 5000).into(),
+            max_manifest_size: ByteSize::mib(4),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: PathBuf::from("./portcullis-data"),
+            max_size: ByteSize::gib(20),
+            memory: ByteSize::mib(64),
+            tag_ttl: Duration::from_secs(300),
+            max_stale: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Config {
+        Config::from_toml(EMBEDDED_DEFAULT, "embedded default config")
+            .expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: cross-field rules, globs, files named.
+    fn validate(&self) -> Result<(), String> {
+        let mut names = HashSet::new();
+        for up in &self.upstreams {
+            up.validate()?;
+            if !names.insert(up.name.as_str()) {
+                return Err(format!("[[upstream]] name {:?} appears twice", up.name));
+            }
+        }
+        if self.upstreams.iter().filter(|u| u.default).count() > 1 {
+            return Err("more than one [[upstream]] has default = true".into());
+        }
+        if self.cache.max_size.as_u64() == 0 {
+            return Err("[cache] max_size must be larger than 0".into());
+        }
+        NamePolicy::new(&self.policy).map_err(|e| format!("[policy]: {e}"))?;
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<(), String> {
+        let ctx = format!("[[upstream]] {:?}", self.name);
+        let host_ok = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !host_ok {
+            return Err(format!(
+                "{ctx}: name must be a registry host such as docker.io or 127.0.0.1:5001"
+            ));
+        }
+        match self.url.scheme() {
+            "https" | "http" => {}
+            other => return Err(format!("{ctx}: url scheme {other:?} is not http or https")),
+        }
+        if self.url.host_str().is_none() {
+            return Err(format!("{ctx}: url {} has no host", self.url));
+        }
+        if self.username_env.is_some() && self.username_file.is_some() {
+            return Err(format!(
+                "{ctx}: set username_env or username_file, not both"
+            ));
+        }
+        if self.password_env.is_some() && self.password_file.is_some() {
+            return Err(format!(
+                "{ctx}: set password_env or password_file, not both"
+            ));
+        }
+        let has_user = self.username_env.is_some() || self.username_file.is_some();
+        let has_pass = self.password_env.is_some() || self.password_file.is_some();
+        if has_user != has_pass {
+            return Err(format!(
+                "{ctx}: a username needs a password and the other way round"
+            ));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                return Err(format!("{ctx}: ca_file {} does not exist", ca.display()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! Single-flight blob fetches.
+//!
+//! The first request for a missing blob starts one upstream GET in a task of its own; every
+//! request for the same blob while it runs joins it and streams from the file it writes, as the
+//! bytes arrive (see [`crate::body`]). The fetch outlives the clients that started it, so a
+//! client hanging up does not spoil the others. The receive side (async) and the hash-and-write
+//! side (a blocking thread) run on different cores.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use portcullis_cache::{BlobWriter, Digest, Store};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::ProxyError;
+use crate::route::Target;
+use crate::upstream::{content_length, status_error};
+
+/// Where a fetch stands.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Waiting for the upstream's response headers.
+    Starting,
+    /// Bytes are being received, hashed and written.
+    Streaming { size: Option<u64>, written: u64 },
+    /// All bytes matched the digest: the whole blob may be released.
+    Verified { size: u64 },
+    /// Nothing will be cached; clients must abort.
+    Failed(Arc<ProxyError>),
+}
+
+/// One running fetch, as its followers see it.
+pub struct Flight {
+    /// The temporary file, then the committed one once renamed.
+    pub paths: [PathBuf; 2],
+    pub progress: watch::Receiver<Progress>,
+}
+
+/// The running fetches, by digest.
+#[derive(Default)]
+pub struct Flights {
+    running: Mutex<HashMap<Digest, Arc<Flight>>>,
+}
+
+enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+impl Flights {
+    /// Joins the fetch of `digest`, starting it if none runs. The flag says whether it joined.
+    pub fn join(
+        self: &Arc<Self>,
+        store: &Arc<Store>,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<(Arc<Flight>, bool), ProxyError> {
+        let mut running = self.running.lock().expect("flights lock");
+        if let Some(flight) = running.get(digest) {
+            return Ok((Arc::clone(flight), true));
+        }
+        let writer = store.blob_writer(digest, None)?;
+        let (tx, rx) = watch::channel(Progress::Starting);
+        let flight = Arc::new(Flight {
+            paths: [writer.path().to_owned(), store.blob_path(digest)],
+            progress: rx,
+        });
+        running.insert(digest.clone(), Arc::clone(&flight));
+        drop(running);
+        let job = Job {
+            flights: Arc::clone(self),
+            store: Arc::clone(store),
+            target: target.clone(),
+            digest: digest.clone(),
+            progress: Arc::new(tx),
+        };
+        tokio::spawn(job.run(writer));
+        Ok((flight, false))
+    }
+}
+
+struct Job {
+    flights: Arc<Flights>,
+    store: Arc<Store>,
+    target: Target,
+    digest: Digest,
+    progress: Arc<watch::Sender<Progress>>,
+}
+
+impl Job {
+    async fn run(self, writer: BlobWriter) {
+        let upstream = &self.target.upstream;
+        let result = tokio::time::timeout(upstream.timeout, self.fetch(writer))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProxyError::Unavailable(format!(
+                    "{}: blob {} took longer than {:?}",
+                    upstream.name, self.digest, upstream.timeout
+                )))
+            });
+        match result {
+            Ok(size) => {
+                if let Err(e) = self.store.link(&self.target.name, &self.digest) {
+                    tracing::error!(error = %e, "cannot record blob link");
+                }
+                tracing::debug!(digest = %self.digest, size, "blob verified and cached");
+            }
+            Err(e) => {
+                tracing::warn!(name = %self.target.name, digest = %self.digest, error = %e,
+                    "blob fetch failed; nothing cached");
+                self.progress.send_replace(Progress::Failed(Arc::new(e)));
+            }
+        }
+        self.flights
+            .running
+            .lock()
+            .expect("flights lock")
+            .remove(&self.digest);
+    }
+
+    async fn fetch(&self, mut writer: BlobWriter) -> Result<u64, ProxyError> {
+        let up = &self.target.upstream;
+        let what = format!("blob {}@{}", self.target.name, self.digest);
+        let resp = up
+            .send(
+                Method::GET,
+                &self.target.repo,
+                &format!("blobs/{}", self.digest),
+                None,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(&up.name, resp.status(), &what, || {
+                ProxyError::BlobUnknown(format!("{what} is not in the upstream"))
+            }));
+        }
+        let size = content_length(&resp);
+        writer.expect_size(size);
+        self.progress
+            .send_replace(Progress::Streaming { size, written: 0 });
+
+        let (tx, rx) = mpsc::channel::<Chunk>(32);
+        let progress = Arc::clone(&self.progress);
+        let store = Arc::clone(&self.store);
+        let what2 = what.clone();
+        let write = tokio::task::spawn_blocking(move || {
+            let result = write_all(writer, rx, &progress, &what2);
+            if result.is_ok() {
+                evict_if_over(&store);
+            }
+            result
+        });
+
+        let mut body = resp.into_body();
+        let received = async {
+            loop {
+                let frame = tokio::time::timeout(up.read_timeout, body.frame())
+                    .await
+                    .map_err(|_| {
+                        ProxyError::Unavailable(format!(
+                            "{}: {what} stalled for {:?}",
+                            up.name, up.read_timeout
+                        ))
+                    })?;
+                let Some(frame) = frame else {
+                    return Ok(());
+                };
+                let frame = frame.map_err(|e| {
+                    ProxyError::Unavailable(format!("{}: {what} broke off: {e}", up.name))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(Chunk::Data(data)).await.is_err() {
+                        return Ok(()); // the writer failed; its error says why
+                    }
+                }
+            }
+        }
+        .await;
+        if received.is_ok() {
+            let _ = tx.send(Chunk::End).await;
+        }
+        drop(tx);
+        let written = write
+            .await
+            .map_err(|e| ProxyError::Internal(format!("blob writer: {e}")))?;
+        received.and(written)
+    }
+}
+
+/// Hashes and writes every chunk, publishing progress; verifies at the end, releases the blob
+/// to followers, then commits it.
+fn write_all(
+    mut writer: BlobWriter,
+    mut rx: mpsc::Receiver<Chunk>,
+    progress: &watch::Sender<Progress>,
+    what: &str,
+) -> Result<u64, ProxyError> {
+    let bad = |e: portcullis_cache::Error| match e {
+        e @ (portcullis_cache::Error::DigestMismatch { .. }
+        | portcullis_cache::Error::SizeMismatch { .. }) => {
+            ProxyError::BadUpstream(format!("{what}: {e}"))
+        }
+        e => ProxyError::Internal(format!("{what}: {e}")),
+    };
+    loop {
+        match rx.blocking_recv() {
+            Some(Chunk::Data(bytes)) => {
+                writer.write(&bytes).map_err(bad)?;
+                let now = writer.written();
+                progress.send_modify(|p| {
+                    if let Progress::Streaming { written, .. } = p {
+                        *written = now;
+                    }
+                });
+            }
+            Some(Chunk::End) => break,
+            None => {
+                return Err(ProxyError::Unavailable(format!(
+                    "{what}: upstream body ended early"
+                )))
+            }
+        }
+    }
+    let size = writer.verify().map_err(bad)?;
+    progress.send_replace(Progress::Verified { size });
+    writer.commit().map_err(bad)
+}
+
+/// Keeps the store under its size after a write; off the client's path.
+pub fn evict_if_over(store: &Store) {
+    match store.evict_if_over() {
+        Ok(Some(done)) => {
+            tracing::info!(
+                items = done.items,
+                bytes = done.bytes,
+                "evicted to fit the cache size"
+            )
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "eviction failed"),
+    }
+}

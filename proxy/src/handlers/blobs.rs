@@ -1,0 +1,130 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: from the cache (with `Range`), or through a
+//! single-flight fetch that hash-checks while it streams.
+
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_range_header::parse_range_header;
+use portcullis_cache::{Blob, Digest};
+
+use super::Outcome;
+use crate::app::App;
+use crate::body::{empty, full, stream, ResponseBody, Source};
+use crate::error::ProxyError;
+use crate::fetch::Progress;
+use crate::route::Target;
+use crate::upstream::{content_length, status_error};
+
+pub async fn serve(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    range: Option<&str>,
+    head: bool,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if app.store.has_blob(digest)?.is_some() {
+        if !app.store.is_linked(&target.name, digest)? {
+            // Held for another repository: serve it here only if this one has it upstream too.
+            upstream_head(target, digest).await?;
+            app.store.link(&target.name, digest)?;
+        }
+        if let Some(blob) = app.store.blob(digest)? {
+            outcome.cache = "hit";
+            return cached(blob, digest, range, head);
+        }
+    }
+    if head {
+        outcome.cache = "miss";
+        let size = upstream_head(target, digest).await?;
+        return Ok(headers(Response::new(empty()), digest, size));
+    }
+    let (flight, joined) = app.flights.join(&app.store, target, digest)?;
+    outcome.cache = if joined { "joined" } else { "miss" };
+    let mut progress = flight.progress.clone();
+    let state = progress
+        .wait_for(|p| match p {
+            Progress::Starting | Progress::Streaming { size: None, .. } => false,
+            Progress::Streaming { size: Some(_), .. } => true,
+            Progress::Verified { .. } | Progress::Failed(_) => true,
+        })
+        .await
+        .map_err(|_| ProxyError::Internal("blob fetch vanished".into()))?
+        .clone();
+    let size = match state {
+        Progress::Streaming {
+            size: Some(size), ..
+        }
+        | Progress::Verified { size } => size,
+        Progress::Failed(e) => return Err((*e).clone()),
+        _ => unreachable!("waited for a size or a verdict"),
+    };
+    let source = Source::Following {
+        paths: flight.paths.clone(),
+        progress,
+    };
+    Ok(headers(
+        Response::new(stream(source, 0, size)),
+        digest,
+        size,
+    ))
+}
+
+fn cached(
+    blob: Blob,
+    digest: &Digest,
+    range: Option<&str>,
+    head: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let size = blob.size();
+    let (start, end) = match range.map(parse_range_header) {
+        None | Some(Err(_)) => (0, size),
+        Some(Ok(parsed)) => match parsed.validate(size) {
+            Ok(ranges) if ranges.len() == 1 => (*ranges[0].start(), *ranges[0].end() + 1),
+            Ok(_) => (0, size), // several ranges: serve the whole blob
+            Err(_) => return Err(ProxyError::RangeNotSatisfiable(size)),
+        },
+    };
+    let body = match (head, blob) {
+        (true, _) => empty(),
+        (false, Blob::Memory(bytes)) => full(bytes.slice(start as usize..end as usize)),
+        (false, Blob::File { file, .. }) => stream(Source::Done(file), start, end),
+    };
+    let mut resp = headers(Response::new(body), digest, end - start);
+    if (start, end) != (0, size) {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let value = format!("bytes {start}-{}/{size}", end - 1);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+fn headers(mut resp: Response<ResponseBody>, digest: &Digest, len: u64) -> Response<ResponseBody> {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("Docker-Content-Digest", v);
+    }
+    resp
+}
+
+/// Asks the upstream whether this repository holds the blob; its size if so.
+async fn upstream_head(target: &Target, digest: &Digest) -> Result<u64, ProxyError> {
+    let up = &target.upstream;
+    let what = format!("blob {}@{digest}", target.name);
+    let resp = up
+        .send(Method::HEAD, &target.repo, &format!("blobs/{digest}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(status_error(&up.name, resp.status(), &what, || {
+            ProxyError::BlobUnknown(format!("{what} is not in the upstream"))
+        }));
+    }
+    content_length(&resp)
+        .ok_or_else(|| ProxyError::BadUpstream(format!("{what}: HEAD gave no Content-Length")))
+}

@@ -1,0 +1,298 @@
+//! `GET`/`HEAD /v2/<name>/manifests/<reference>`: resolve a tag (TTL, revalidation with `HEAD`,
+//! stale serving while the upstream is down), fetch by digest, check the bytes hash to the
+//! digest, and serve the original bytes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response};
+use portcullis_cache::{now_ms, Digest, Manifest, TagRecord};
+use portcullis_policy::DefaultAction;
+use serde::Deserialize;
+
+use super::{Accept, Outcome};
+use crate::app::App;
+use crate::body::{empty, full, ResponseBody};
+use crate::error::ProxyError;
+use crate::route::{Reference, Target};
+use crate::upstream::{content_length, read_limited, status_error};
+
+const DEFAULT_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Just the fields that name other content, in either Docker or OCI manifests and indexes.
+#[derive(Deserialize)]
+struct Refs {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+}
+
+pub async fn serve(
+    app: &App,
+    target: &Target,
+    reference: &Reference,
+    accept: &Accept,
+    head: bool,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (digest, manifest) = match reference {
+        Reference::Digest(d) => (d.clone(), by_digest(app, target, d, accept, outcome).await?),
+        Reference::Tag(tag) => resolve_tag(app, target, tag, accept, outcome).await?,
+    };
+    if app.names.default_action() == DefaultAction::Warn {
+        tracing::warn!(name = %target.name, %digest,
+            "served without signature verification: no [[rule]] matches and [policy] default = \"warn\"");
+    }
+    let mut resp = Response::new(if head {
+        empty()
+    } else {
+        full(manifest.bytes.clone())
+    });
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&manifest.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(manifest.bytes.len()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("Docker-Content-Digest", v.clone());
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+async fn by_digest(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    accept: &Accept,
+    outcome: &mut Outcome,
+) -> Result<Manifest, ProxyError> {
+    if let Some(m) = app.store.manifest(digest)? {
+        if app.store.is_linked(&target.name, digest)? {
+            outcome.cache = "hit";
+            return Ok(m);
+        }
+    }
+    outcome.cache = "miss";
+    let (_, m) = fetch(app, target, &digest.to_string(), Some(digest), accept).await?;
+    Ok(m)
+}
+
+async fn resolve_tag(
+    app: &App,
+    target: &Target,
+    tag: &str,
+    accept: &Accept,
+    outcome: &mut Outcome,
+) -> Result<(Digest, Manifest), ProxyError> {
+    let key = accept.tag_key(tag);
+    let cache = &app.config.cache;
+    if let Some(rec) = app.store.tag(&target.name, &key)? {
+        let age = Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms));
+        let digest: Option<Digest> = rec.digest.parse().ok();
+        let held = match &digest {
+            Some(d) => app.store.manifest(d)?.map(|m| (d.clone(), m)),
+            None => None,
+        };
+        if let Some((d, m)) = held {
+            if age < cache.tag_ttl {
+                outcome.cache = "hit";
+                return Ok((d, m));
+            }
+            match revalidate(target, tag, accept).await {
+                Ok(Some(now)) if now == d => {
+                    outcome.cache = "hit";
+                    remember(app, target, &key, &d, &m.media_type)?;
+                    return Ok((d, m));
+                }
+                Ok(_) => {} // moved, or no digest header: fetch below
+                Err(e) if e.is_transient() && age < cache.max_stale => {
+                    tracing::warn!(name = %target.name, tag, digest = %d, age = ?age, error = %e,
+                        "upstream unavailable: serving the last known tag mapping (stale)");
+                    outcome.cache = "stale";
+                    return Ok((d, m));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    outcome.cache = "miss";
+    let (digest, m) = fetch(app, target, tag, None, accept).await?;
+    remember(app, target, &key, &digest, &m.media_type)?;
+    Ok((digest, m))
+}
+
+fn remember(
+    app: &App,
+    target: &Target,
+    key: &str,
+    digest: &Digest,
+    media_type: &str,
+) -> Result<(), ProxyError> {
+    let record = TagRecord {
+        digest: digest.to_string(),
+        media_type: media_type.to_owned(),
+        fetched_at_ms: now_ms(),
+    };
+    Ok(app.store.put_tag(&target.name, key, &record)?)
+}
+
+/// `HEAD` the tag upstream (Docker Hub counts GETs, not HEADs): the digest it points at now, if
+/// the upstream says.
+async fn revalidate(
+    target: &Target,
+    tag: &str,
+    accept: &Accept,
+) -> Result<Option<Digest>, ProxyError> {
+    let up = &target.upstream;
+    let accept = accept.upstream_header();
+    let resp = tokio::time::timeout(
+        up.timeout,
+        up.send(
+            Method::HEAD,
+            &target.repo,
+            &format!("manifests/{tag}"),
+            Some(&accept),
+        ),
+    )
+    .await
+    .map_err(|_| ProxyError::Unavailable(format!("{}: HEAD timed out", up.name)))??;
+    if !resp.status().is_success() {
+        let what = format!("{}:{tag}", target.name);
+        return Err(status_error(&up.name, resp.status(), &what, || {
+            ProxyError::ManifestUnknown(format!("{what} is not in the upstream"))
+        }));
+    }
+    Ok(resp
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok()?.parse().ok()))
+}
+
+/// GETs a manifest, checks its bytes hash to `expected` (and to whatever digest the upstream
+/// claims), and stores it.
+async fn fetch(
+    app: &App,
+    target: &Target,
+    reference: &str,
+    expected: Option<&Digest>,
+    accept: &Accept,
+) -> Result<(Digest, Manifest), ProxyError> {
+    let up = &target.upstream;
+    tokio::time::timeout(
+        up.timeout,
+        fetch_inner(app, target, reference, expected, accept),
+    )
+    .await
+    .map_err(|_| {
+        ProxyError::Unavailable(format!(
+            "{}: manifest fetch took over {:?}",
+            up.name, up.timeout
+        ))
+    })?
+}
+
+async fn fetch_inner(
+    app: &App,
+    target: &Target,
+    reference: &str,
+    expected: Option<&Digest>,
+    accept: &Accept,
+) -> Result<(Digest, Manifest), ProxyError> {
+    let up = &target.upstream;
+    let what = format!("manifest {}:{reference}", target.name);
+    let resp = up
+        .send(
+            Method::GET,
+            &target.repo,
+            &format!("manifests/{reference}"),
+            Some(&accept.upstream_header()),
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(status_error(&up.name, resp.status(), &what, || {
+            ProxyError::ManifestUnknown(format!("{what} is not in the upstream"))
+        }));
+    }
+    let limit = app.config.server.max_manifest_size.as_u64();
+    if content_length(&resp).is_some_and(|n| n > limit) {
+        return Err(ProxyError::TooLarge(format!(
+            "{what} is larger than the {limit}-byte limit ([server] max_manifest_size)"
+        )));
+    }
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let claimed = resp
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes: Bytes = read_limited(resp.into_body(), limit as usize, up.read_timeout)
+        .await
+        .map_err(|e| match e {
+            ProxyError::TooLarge(_) => ProxyError::TooLarge(format!(
+                "{what} is larger than the {limit}-byte limit ([server] max_manifest_size)"
+            )),
+            e => e,
+        })?;
+    let digest = Digest::of(&bytes);
+    if let Some(expected) = expected {
+        if &digest != expected {
+            return Err(ProxyError::BadUpstream(format!(
+                "{what}: the bytes hash to {digest}, not {expected}; nothing was cached"
+            )));
+        }
+    }
+    if let Some(claimed) = claimed {
+        if claimed != digest.to_string() {
+            return Err(ProxyError::BadUpstream(format!(
+                "{what}: the upstream says {claimed} but the bytes hash to {digest}; nothing was cached"
+            )));
+        }
+    }
+    let refs: Refs = serde_json::from_slice(&bytes)
+        .map_err(|e| ProxyError::BadUpstream(format!("{what} is not a manifest: {e}")))?;
+    let media_type = content_type
+        .filter(|t| t != "application/octet-stream" && t != "text/plain")
+        .or(refs.media_type.clone())
+        .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.to_owned());
+    let children = refs
+        .config
+        .iter()
+        .chain(&refs.layers)
+        .chain(&refs.manifests)
+        .map(|d| d.digest.parse())
+        .collect::<Result<Vec<Digest>, _>>()
+        .map_err(|e| ProxyError::BadUpstream(format!("{what} names a bad digest: {e}")))?;
+    app.store
+        .put_manifest(&digest, &media_type, &bytes, &children)?;
+    app.store.link(&target.name, &digest)?;
+    if app.store.size() > app.config.cache.max_size.as_u64() {
+        let store = std::sync::Arc::clone(&app.store);
+        tokio::task::spawn_blocking(move || crate::fetch::evict_if_over(&store));
+    }
+    Ok((
+        digest,
+        Manifest {
+            media_type,
+            bytes,
+            refs: children,
+        },
+    ))
+}

@@ -1,0 +1,152 @@
+//! Registry routes (pull side of the OCI distribution spec): dispatch, and what every response
+//! carries.
+
+mod accept;
+mod blobs;
+mod manifests;
+mod tags;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use portcullis_policy::{DefaultAction, NameDecision};
+
+pub use accept::Accept;
+
+use crate::app::App;
+use crate::body::{full, ResponseBody};
+use crate::error::ProxyError;
+use crate::route::{parse_path, Endpoint, Target};
+
+/// What the request log says about a request, filled in as it is handled.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub name: Option<String>,
+    pub reference: Option<String>,
+    pub upstream: Option<String>,
+    /// hit, miss, joined (single-flight), stale, or none.
+    pub cache: &'static str,
+    pub bytes: Option<u64>,
+}
+
+/// Handles one request. Never fails: errors become OCI error JSON here.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let head = req.method() == Method::HEAD;
+    let mut outcome = Outcome {
+        cache: "none",
+        ..Outcome::default()
+    };
+    let query = Query::parse(req.uri().query());
+    let mut resp = match dispatch(&app, &req, &query, &mut outcome).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(head),
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    if let Some(ns) = query
+        .ns
+        .as_deref()
+        .and_then(|ns| HeaderValue::from_str(ns).ok())
+    {
+        h.insert("OCI-Namespace", ns);
+    }
+    outcome.bytes = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    resp.extensions_mut().insert(outcome);
+    resp
+}
+
+/// The query parameters registries use.
+#[derive(Debug, Default)]
+pub struct Query {
+    pub ns: Option<String>,
+    pub n: Option<String>,
+    pub last: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "ns" => q.ns = Some(v.into_owned()),
+                "n" => q.n = Some(v.into_owned()),
+                "last" => q.last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    query: &Query,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        ref m => {
+            return Err(ProxyError::MethodNotAllowed(format!(
+                "{m} is not supported: portcullis is a read-only pull-through proxy"
+            )))
+        }
+    };
+    let (client_name, endpoint) = parse_path(req.uri().path())?;
+    if endpoint == Endpoint::Base {
+        let mut resp = Response::new(if head {
+            full(Bytes::new())
+        } else {
+            full(Bytes::from_static(b"{}"))
+        });
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(2));
+        return Ok(resp);
+    }
+    let target = app.router.route(&client_name, query.ns.as_deref())?;
+    outcome.name = Some(target.name.clone());
+    outcome.upstream = Some(target.upstream.name.clone());
+    admit(app, &target)?;
+    match endpoint {
+        Endpoint::Base => unreachable!("answered above"),
+        Endpoint::Manifest(reference) => {
+            outcome.reference = Some(reference.to_string());
+            let accept = Accept::from_headers(req.headers());
+            manifests::serve(app, &target, &reference, &accept, head, outcome).await
+        }
+        Endpoint::Blob(digest) => {
+            outcome.reference = Some(digest.to_string());
+            let range = req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok());
+            blobs::serve(app, &target, &digest, range, head, outcome).await
+        }
+        Endpoint::Tags => tags::serve(app, &target, query, head).await,
+    }
+}
+
+/// The allow-list, deny-list and default action, before any upstream traffic. Until signature
+/// rules exist, every allowed name falls to `[policy] default`.
+fn admit(app: &App, target: &Target) -> Result<(), ProxyError> {
+    match app.names.check(&target.name) {
+        NameDecision::Refused(why) => Err(ProxyError::Denied(why)),
+        NameDecision::Allowed(DefaultAction::Deny) => Err(ProxyError::Denied(format!(
+            "{} matches no [[rule]] and [policy] default = \"deny\"; set [policy] default = \"warn\" or \"allow\" to serve it hash-checked only",
+            target.name
+        ))),
+        NameDecision::Allowed(_) => Ok(()),
+    }
+}

@@ -1,0 +1,29 @@
+//! portcullis: a pull-through OCI registry proxy that verifies on fetch.
+//!
+//! This crate is the HTTP side. It speaks the pull half of the OCI distribution API to clients
+//! and to upstream registries, hash-checks every manifest and blob as it flows, and keeps what
+//! passed in the content store (`portcullis-cache`). Trust decisions come from
+//! `portcullis-policy`.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration and the embedded default.
+//! - [`route`]: request paths, name validation, and routing to upstreams.
+//! - [`upstream`]: the upstream client (rustls, token flow, redirects, timeouts).
+//! - [`handlers`]: the registry routes.
+//! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-while-streaming body.
+//! - [`error`]: the one place errors become OCI error JSON.
+//! - [`server`] and [`log`]: the listener, the request stack and the request log.
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod handlers;
+pub mod log;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,233 @@
+//! From a request path to what is asked and where it goes.
+//!
+//! Routing order (see `../shared/docs/design.md`): `?ns=<registry>`, then a path prefix naming a
+//! configured upstream (`/v2/<registry-host>/<repo>/…`), then the default upstream. docker.io
+//! names with one segment become `library/<name>`.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+use portcullis_cache::{Digest, DigestError};
+use regex::Regex;
+
+use crate::error::ProxyError;
+use crate::upstream::Upstream;
+
+/// Longest repository name accepted (distribution's limit).
+const MAX_NAME: usize = 255;
+
+/// What a `/v2/…` path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Base,
+    Manifest(Reference),
+    Blob(Digest),
+    Tags,
+}
+
+/// A manifest reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+/// A routed repository.
+#[derive(Clone)]
+pub struct Target {
+    pub upstream: Arc<Upstream>,
+    /// The repository as the upstream knows it, e.g. `library/alpine`.
+    pub repo: String,
+    /// `registry/repository`: what policy globs and the cache key on.
+    pub name: String,
+    /// The name as the client sent it (for `Link` headers).
+    pub client_name: String,
+    /// The `?ns=` the client sent, echoed as `OCI-Namespace`.
+    pub ns: Option<String>,
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// Splits `/v2/<name>/<endpoint>` into the client's name and the endpoint.
+pub fn parse_path(path: &str) -> Result<(String, Endpoint), ProxyError> {
+    let rest = path
+        .strip_prefix("/v2")
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+        .ok_or_else(|| ProxyError::NameUnknown(format!("no such route: {path}")))?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok((String::new(), Endpoint::Base));
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let unknown = || ProxyError::NameUnknown(format!("no such route: {path}"));
+    if n < 3 {
+        return Err(unknown());
+    }
+    let name = segs[..n - 2].join("/");
+    let (kind, last) = (segs[n - 2], segs[n - 1]);
+    let endpoint = match (kind, last) {
+        ("tags", "list") => Endpoint::Tags,
+        ("manifests", r) => Endpoint::Manifest(parse_reference(r)?),
+        ("blobs", d) => Endpoint::Blob(parse_digest(d)?),
+        _ => return Err(unknown()),
+    };
+    Ok((name, endpoint))
+}
+
+pub fn parse_digest(s: &str) -> Result<Digest, ProxyError> {
+    s.parse().map_err(|e: DigestError| match e {
+        DigestError::Invalid(_) => ProxyError::DigestInvalid(e.to_string()),
+        DigestError::Unsupported(_) => ProxyError::Unsupported(e.to_string()),
+    })
+}
+
+fn parse_reference(r: &str) -> Result<Reference, ProxyError> {
+    if r.contains(':') {
+        return parse_digest(r).map(Reference::Digest);
+    }
+    static TAG: OnceLock<Regex> = OnceLock::new();
+    let tag = TAG.get_or_init(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$").unwrap());
+    if tag.is_match(r) {
+        Ok(Reference::Tag(r.to_owned()))
+    } else {
+        Err(ProxyError::TagInvalid(r.to_owned()))
+    }
+}
+
+/// Checks a repository path against the distribution spec grammar.
+pub fn validate_repo(name: &str) -> Result<(), ProxyError> {
+    static COMPONENT: OnceLock<Regex> = OnceLock::new();
+    let component =
+        COMPONENT.get_or_init(|| Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$").unwrap());
+    let invalid = |why: &str| ProxyError::NameInvalid(name.to_owned(), why.to_owned());
+    if name.is_empty() {
+        return Err(invalid("the name is empty"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(invalid("longer than 255 characters"));
+    }
+    for seg in name.split('/') {
+        if seg.is_empty() {
+            return Err(invalid("empty path segment"));
+        }
+        if !component.is_match(seg) {
+            return Err(invalid(&format!(
+                "segment {seg:?} must be lower-case letters and digits, separated by '.', '_', '__' or '-'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The configured upstreams, in routing order.
+pub struct Router {
+    upstreams: Vec<Arc<Upstream>>,
+    default: Option<Arc<Upstream>>,
+}
+
+impl Router {
+    pub fn new(upstreams: Vec<Arc<Upstream>>, default: Option<usize>) -> Router {
+        let default = default.map(|i| Arc::clone(&upstreams[i]));
+        Router { upstreams, default }
+    }
+
+    fn by_name(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Picks the upstream and normalises the name.
+    pub fn route(&self, client_name: &str, ns: Option<&str>) -> Result<Target, ProxyError> {
+        let (upstream, repo) = if let Some(ns) = ns {
+            let up = self.by_name(ns).ok_or_else(|| {
+                ProxyError::NameUnknown(format!(
+                    "no [[upstream]] named {ns:?} is configured (from ?ns={ns})"
+                ))
+            })?;
+            (up, client_name)
+        } else if let Some((first, rest)) = client_name
+            .split_once('/')
+            .and_then(|(f, r)| self.by_name(f).map(|u| (u, r)))
+        {
+            (first, rest)
+        } else {
+            let up = self.default.as_ref().ok_or_else(|| {
+                ProxyError::NameUnknown(format!(
+                    "{client_name}: no registry prefix or ?ns= names a configured [[upstream]], and none is the default"
+                ))
+            })?;
+            (up, client_name)
+        };
+        validate_repo(repo)?;
+        let repo = if upstream.name == "docker.io" && !repo.contains('/') {
+            format!("library/{repo}")
+        } else {
+            repo.to_owned()
+        };
+        Ok(Target {
+            upstream: Arc::clone(upstream),
+            name: format!("{}/{repo}", upstream.name),
+            repo,
+            client_name: client_name.to_owned(),
+            ns: ns.map(str::to_owned),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths() {
+        assert_eq!(parse_path("/v2/").unwrap().1, Endpoint::Base);
+        assert_eq!(parse_path("/v2").unwrap().1, Endpoint::Base);
+        let (name, ep) = parse_path("/v2/a/blobs/b/manifests/latest").unwrap();
+        assert_eq!(name, "a/blobs/b");
+        assert_eq!(ep, Endpoint::Manifest(Reference::Tag("latest".into())));
+        assert_eq!(parse_path("/v2/x/tags/list").unwrap().1, Endpoint::Tags);
+        assert!(matches!(
+            parse_path("/v2/x/blobs/sha256:zz"),
+            Err(ProxyError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse_path("/v2/x/manifests/-bad"),
+            Err(ProxyError::TagInvalid(_))
+        ));
+        assert!(matches!(
+            parse_path("/v3/x"),
+            Err(ProxyError::NameUnknown(_))
+        ));
+    }
+
+    #[test]
+    fn validates_names() {
+        for ok in ["alpine", "library/alpine", "a.b/c_d/e__f/g--h", "x0"] {
+            validate_repo(ok).unwrap();
+        }
+        let long = "a".repeat(256);
+        for bad in [
+            "",
+            "Alpine",
+            "a//b",
+            "a/../b",
+            "..",
+            "a/",
+            "-a",
+            "a_",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(validate_repo(bad), Err(ProxyError::NameInvalid(..))),
+                "{bad}"
+            );
+        }
+    }
+}

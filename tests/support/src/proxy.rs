@@ -1,0 +1,103 @@
+//! The portcullis binary under test, run as `portcullis serve --config FILE`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::process::Daemon;
+use crate::tools::free_port;
+
+/// How long a SIGTERMed proxy gets to drain and exit.
+const TERM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running portcullis. Killed (SIGKILL) on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// `workdir/data`, substituted for `{DATA}` in the config.
+    pub data_dir: PathBuf,
+    /// `workdir/proxy.log`: stdout and stderr, appended across restarts.
+    pub log: PathBuf,
+    /// `workdir/portcullis.toml`, the config after substitution.
+    pub config: PathBuf,
+    daemon: Daemon,
+}
+
+impl Proxy {
+    /// `bin` is the portcullis binary (tests pass `env!("CARGO_BIN_EXE_portcullis")`).
+    ///
+    /// Writes `config_toml` to `workdir/portcullis.toml`, with `{LISTEN}` replaced by
+    /// `127.0.0.1:<free port>` and `{DATA}` by the path of `workdir/data`, runs
+    /// `bin serve --config FILE` with its output appended to `workdir/proxy.log`, and waits until
+    /// `GET /v2/` answers 200 (20 s; panics with the log tail).
+    pub fn start(bin: &Path, workdir: &Path, config_toml: &str) -> Proxy {
+        std::fs::create_dir_all(workdir).expect("create proxy workdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let data_dir = workdir.join("data");
+        let config_text = config_toml
+            .replace("{LISTEN}", &addr.to_string())
+            .replace("{DATA}", &data_dir.display().to_string());
+        let config = workdir.join("portcullis.toml");
+        std::fs::write(&config, config_text).expect("write portcullis.toml");
+        let log = workdir.join("proxy.log");
+        let args = vec![
+            "serve".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ];
+        let name = format!("portcullis on {addr}");
+        let daemon = Daemon::new(&name, bin, args, log.clone());
+        let mut proxy = Proxy {
+            addr,
+            data_dir,
+            log,
+            config,
+            daemon,
+        };
+        proxy.run();
+        proxy
+    }
+
+    fn run(&mut self) {
+        self.daemon.spawn();
+        self.daemon.wait_ready(self.addr, |status| status == 200);
+    }
+
+    /// Starts it again with the same config and port (SIGKILLing it first if it still runs).
+    pub fn restart(&mut self) {
+        self.daemon.kill();
+        self.run();
+    }
+
+    /// SIGKILL and wait: a crash, with no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// SIGTERM and wait up to 30 s for a graceful exit; panics (after SIGKILL) on timeout.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.daemon.signal_and_wait("TERM", TERM_TIMEOUT)
+    }
+
+    /// PID of the running process, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
+    /// `"http://127.0.0.1:PORT"`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `"127.0.0.1:PORT"`, as used in image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Everything the proxy has logged so far, across restarts.
+    pub fn log_contents(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,143 @@
+//! The upstream registry: distribution 2.8 (`docker-registry serve`) on a free loopback port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::process::Daemon;
+use crate::tools::free_port;
+
+/// A running distribution registry. Killed on drop; its files stay in the work dir.
+pub struct Registry {
+    pub addr: SocketAddr,
+    /// Storage `rootdirectory` (blobs live under `docker/registry/v2/blobs`).
+    pub root: PathBuf,
+    /// Combined stdout + stderr, including the access log that [`Registry::count_requests`] reads.
+    pub log: PathBuf,
+    daemon: Daemon,
+}
+
+impl Registry {
+    /// Starts a plain registry under `workdir/registry-<port>/` and waits until it answers.
+    pub fn start(workdir: &Path) -> Registry {
+        Registry::start_with(workdir, None)
+    }
+
+    /// Starts distribution in pull-through proxy mode (`proxy.remoteurl = upstream_url`): the
+    /// peer that benchmarks compare against. Distribution panics at start if the upstream is down.
+    pub fn start_proxy_of(workdir: &Path, upstream_url: &str) -> Registry {
+        Registry::start_with(workdir, Some(upstream_url))
+    }
+
+    fn start_with(workdir: &Path, upstream: Option<&str>) -> Registry {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = workdir.join(format!("registry-{port}"));
+        let root = dir.join("storage");
+        std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
+        let mut config = format!(
+            "version: 0.1\n\
+             log: {{level: info, accesslog: {{disabled: false}}}}\n\
+             storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+             http: {{addr: {addr}}}\n",
+            root.display()
+        );
+        if let Some(url) = upstream {
+            config.push_str(&format!("proxy: {{remoteurl: {url}}}\n"));
+        }
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = dir.join("registry.log");
+        let args = vec!["serve".to_string(), config_path.display().to_string()];
+        let name = match upstream {
+            Some(_) => format!("docker-registry (proxy mode) on {addr}"),
+            None => format!("docker-registry on {addr}"),
+        };
+        let daemon = Daemon::new(&name, Path::new("docker-registry"), args, log.clone());
+        let mut reg = Registry {
+            addr,
+            root,
+            log,
+            daemon,
+        };
+        reg.run();
+        reg
+    }
+
+    fn run(&mut self) {
+        self.daemon.spawn();
+        // Any HTTP answer means it is serving (401 would be an auth-enabled registry).
+        self.daemon.wait_ready(self.addr, |_| true);
+    }
+
+    /// Kills the registry (SIGKILL) and waits for it. Storage and log are kept.
+    pub fn stop(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// Starts it again on the same port and storage (stopping it first if running).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// `"http://127.0.0.1:PORT"`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `"127.0.0.1:PORT"`, as used in image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// PID of the running process, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
+    /// Counts access-log lines (`... "GET /v2/x/blobs/sha256:.. HTTP/1.1" 200 ...`) whose method
+    /// equals `method` and whose request URI contains `path_contains`. `HEAD` and `GET` are
+    /// counted apart. The count covers the whole log, across restarts.
+    pub fn count_requests(&self, method: &str, path_contains: &str) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(access_line)
+            .filter(|(m, p)| *m == method && p.contains(path_contains))
+            .count()
+    }
+
+    /// Where the registry stores the blob `digest` (`sha256:<hex>`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        assert!(hex.len() > 2, "not a sha256 digest: {digest}");
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+/// Method and URI of a combined-format access-log line, `None` for any other line.
+fn access_line(line: &str) -> Option<(&str, &str)> {
+    // `127.0.0.1 - - [22/Nov/2026:01:49:40 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "ua"`
+    let (_, rest) = line.split_once("] \"")?;
+    let (request, _) = rest.split_once('"')?;
+    let mut parts = request.split(' ');
+    let method = parts.next()?;
+    let uri = parts.next()?;
+    parts.next()?.starts_with("HTTP/").then_some((method, uri))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_line;
+
+    #[test]
+    fn parses_access_lines_only() {
+        let l = r#"127.0.0.1 - - [22/Nov/2026:01:49:40 +0000] "HEAD /v2/a/manifests/v1?ns=x HTTP/1.1" 200 0 "" "ctr""#;
+        assert_eq!(access_line(l), Some(("HEAD", "/v2/a/manifests/v1?ns=x")));
+        let other = r#"time="2026" level=info msg="response completed" http.request.method=GET"#;
+        assert_eq!(access_line(other), None);
+    }
+}
