@@ -61,6 +61,7 @@ where
                 name = o.name.as_deref().unwrap_or("-"),
                 reference = o.reference.as_deref().unwrap_or("-"),
                 upstream = o.upstream.as_deref().unwrap_or("-"),
+                ns = o.ns.as_deref().unwrap_or("-"),
                 cache = o.cache,
                 bytes = o.bytes.unwrap_or(0),
                 ms = start.elapsed().as_secs_f64() * 1000.0,

@@ -26,6 +26,8 @@ pub struct Outcome {
     pub name: Option<String>,
     pub reference: Option<String>,
     pub upstream: Option<String>,
+    /// The `?ns=` the client sent (containerd).
+    pub ns: Option<String>,
     /// hit, miss, joined (single-flight), stale, or none.
     pub cache: &'static str,
     pub bytes: Option<u64>,
@@ -39,6 +41,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResponseB
         ..Outcome::default()
     };
     let query = Query::parse(req.uri().query());
+    outcome.ns = query.ns.clone();
     let mut resp = match dispatch(&app, &req, &query, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(head),

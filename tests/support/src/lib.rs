@@ -16,9 +16,11 @@
 //! - `fixtures`: [`fixtures`] builds the images once per process; [`push`], [`skopeo_copy`].
 //! - `proxy`: [`Proxy`], the portcullis binary under test.
 //! - `containerd`: [`Containerd`] and `hosts.toml`.
+//! - `fault`: [`FaultServer`], an in-process upstream that fails on purpose.
 //! - [`http`]: a small async plain-HTTP client for asserting on responses.
 
 mod containerd;
+mod fault;
 mod fixtures;
 pub mod http;
 mod process;
@@ -27,9 +29,10 @@ mod registry;
 mod tools;
 
 pub use containerd::{write_hosts_toml, Containerd};
+pub use fault::{Fault, FaultServer};
 pub use fixtures::{
     fixtures, manifest_digest_in_registry, push, skopeo_copy, skopeo_copy_all, Fixtures, Image,
 };
-pub use proxy::Proxy;
+pub use proxy::{config_for, Proxy};
 pub use registry::Registry;
 pub use tools::{free_port, require_tools, sha256_hex, tempdir};

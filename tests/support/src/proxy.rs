@@ -101,3 +101,35 @@ impl Proxy {
             .unwrap_or_default()
     }
 }
+
+/// A portcullis config with the `{LISTEN}` and `{DATA}` placeholders, one default upstream named
+/// `name` at `url` (plain http, as tests need), and `[policy] default = "allow"`. `extra` is
+/// appended verbatim (more `[[upstream]]` tables, a `[policy]` of its own that replaces the
+/// default one).
+pub fn config_for(name: &str, url: &str, extra: &str) -> String {
+    let policy = if extra.contains("[policy]") {
+        ""
+    } else {
+        "[policy]\ndefault = \"allow\"\n"
+    };
+    format!(
+        r#"[server]
+listen = "{{LISTEN}}"
+
+[cache]
+dir = "{{DATA}}"
+max_size = "2GiB"
+tag_ttl = "5m"
+max_stale = "1h"
+
+[[upstream]]
+name = "{name}"
+url = "{url}"
+default = true
+read_timeout = "5s"
+
+{policy}
+{extra}
+"#
+    )
+}

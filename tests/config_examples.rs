@@ -1,0 +1,67 @@
+//! Every example config in `config/` loads; a bad file fails with the key and the line.
+
+use std::path::Path;
+use std::process::Command;
+
+use portcullis::Config;
+
+#[test]
+fn every_example_config_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "config/ holds the default and the commented example");
+    Config::embedded();
+}
+
+#[test]
+fn a_misspelt_key_names_the_key_and_the_line() {
+    let text = "[server]\nlisten = \"127.0.0.1:5000\"\n\n[cache]\nmax_sise = \"1GiB\"\n";
+    let err = Config::from_toml(text, "bad.toml").unwrap_err().to_string();
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("max_sise"), "{err}");
+    assert!(err.contains("line 5"), "{err}");
+}
+
+#[test]
+fn invalid_values_are_refused() {
+    let cases = [
+        ("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"\n", "scheme"),
+        (
+            "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\ndefault = true\n[[upstream]]\nname = \"b\"\nurl = \"http://y\"\ndefault = true\n",
+            "more than one",
+        ),
+        ("[policy]\nallow = [\"docker.io/[\"]\n", "[policy]"),
+        ("[policy]\ndefault = \"maybe\"\n", "maybe"),
+        ("[cache]\ntag_ttl = \"soon\"\n", "tag_ttl"),
+        (
+            "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nusername_env = \"U\"\n",
+            "password",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn the_binary_exits_non_zero_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listen") && stderr.contains("line 2"), "{stderr}");
+}
