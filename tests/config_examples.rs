@@ -16,8 +16,37 @@ fn every_example_config_loads() {
             seen += 1;
         }
     }
-    assert!(seen >= 2, "config/ holds the default and the commented example");
+    assert!(
+        seen >= 2,
+        "config/ holds the default and the commented example"
+    );
     Config::embedded();
+}
+
+#[test]
+fn client_config_examples_parse_and_point_at_portcullis() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for hosts in [
+        "containerd/certs.d/docker.io/hosts.toml",
+        "containerd/certs.d/ghcr.io/hosts.toml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(hosts)).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{hosts}: {e}"));
+        let host = v["host"]["http://127.0.0.1:5000"]["capabilities"]
+            .as_array()
+            .unwrap();
+        assert!(host.iter().any(|c| c.as_str() == Some("pull")), "{hosts}");
+    }
+    let daemon: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("docker/daemon.json")).unwrap()).unwrap();
+    assert_eq!(daemon["registry-mirrors"][0], "http://127.0.0.1:5000");
+    let podman: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dir.join("podman/registries.conf")).unwrap())
+            .unwrap();
+    assert_eq!(
+        podman["registry"][0]["mirror"][0]["location"].as_str(),
+        Some("127.0.0.1:5000/docker.io")
+    );
 }
 
 #[test]
@@ -63,5 +92,8 @@ fn the_binary_exits_non_zero_on_a_bad_file() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("listen") && stderr.contains("line 2"), "{stderr}");
+    assert!(
+        stderr.contains("listen") && stderr.contains("line 2"),
+        "{stderr}"
+    );
 }

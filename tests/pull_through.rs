@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use portcullis_testkit::{
-    config_for, http, push, require_tools, skopeo_copy, skopeo_copy_all, tempdir,
-    write_hosts_toml, Containerd, Fault, FaultServer, Image, Proxy, Registry,
+    config_for, http, push, require_tools, skopeo_copy, skopeo_copy_all, tempdir, write_hosts_toml,
+    Containerd, Fault, FaultServer, Image, Proxy, Registry,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -71,14 +71,20 @@ fn skopeo_pulls_every_kind_identically_and_again_with_upstream_down() {
     skopeo_copy_all(&format!("{}/test/multi:v1", proxy.host()), &multi_through).unwrap();
     assert_eq!(files(&multi_direct), files(&multi_through));
     let log = proxy.log_contents();
-    assert!(log.contains("application/vnd.docker.distribution.manifest.v2+json") || log.contains("test/docker"));
+    assert!(
+        log.contains("application/vnd.docker.distribution.manifest.v2+json")
+            || log.contains("test/docker")
+    );
 
     upstream.stop();
     for image in images {
         let again = work.path().join("again").join(image);
         skopeo_copy(&format!("{}/{image}", proxy.host()), &again)
             .unwrap_or_else(|e| panic!("{image} from the cache: {e}\n{}", proxy.log_contents()));
-        assert_eq!(files(&work.path().join("direct").join(image)), files(&again));
+        assert_eq!(
+            files(&work.path().join("direct").join(image)),
+            files(&again)
+        );
     }
     let again = work.path().join("again-multi");
     skopeo_copy_all(&format!("{}/test/multi:v1", proxy.host()), &again).unwrap();
@@ -122,7 +128,11 @@ fn containerd_pulls_through_hosts_toml_with_ns() {
     }
     let log = proxy.log_contents();
     assert!(
-        log.contains(&format!("upstream={} ns={}", upstream.host(), upstream.host())),
+        log.contains(&format!(
+            "upstream={} ns={}",
+            upstream.host(),
+            upstream.host()
+        )),
         "requests were routed by ?ns=: {log}"
     );
     // The pull came through portcullis, not from the fallback server: stop the upstream and
@@ -243,7 +253,11 @@ async fn kill_9_mid_blob_leaves_nothing_partial() {
     let hex = layer.strip_prefix("sha256:").unwrap();
     assert!(!proxy.data_dir.join("blobs/sha256").join(hex).exists());
     proxy.restart();
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftovers removed");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "leftovers removed"
+    );
     let resp = http::get(&url).await;
     assert_eq!(resp.status, 200);
     assert_eq!(portcullis_testkit::sha256_hex(&resp.body), layer);

@@ -56,16 +56,16 @@ where
             tracing::info!(
                 target: "portcullis::request",
                 %method,
-                path,
+                %path,
                 status,
-                name = o.name.as_deref().unwrap_or("-"),
-                reference = o.reference.as_deref().unwrap_or("-"),
-                upstream = o.upstream.as_deref().unwrap_or("-"),
-                ns = o.ns.as_deref().unwrap_or("-"),
-                cache = o.cache,
+                name = %o.name.as_deref().unwrap_or("-"),
+                reference = %o.reference.as_deref().unwrap_or("-"),
+                upstream = %o.upstream.as_deref().unwrap_or("-"),
+                ns = %o.ns.as_deref().unwrap_or("-"),
+                cache = %o.cache,
                 bytes = o.bytes.unwrap_or(0),
                 ms = start.elapsed().as_secs_f64() * 1000.0,
-                outcome = if status < 400 { "ok" } else { "error" },
+                outcome = %if status < 400 { "ok" } else { "error" },
             );
             Ok(resp)
         })

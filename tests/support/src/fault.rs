@@ -16,7 +16,10 @@ pub enum Fault {
     /// Accept, read the request, never answer.
     Stall,
     /// Relay to a real server, sending its answers back at this many bytes per second.
-    Throttle { to: SocketAddr, bytes_per_sec: usize },
+    Throttle {
+        to: SocketAddr,
+        bytes_per_sec: usize,
+    },
 }
 
 /// A running fault server. Stops accepting on drop.
@@ -73,9 +76,8 @@ fn serve(mut stream: TcpStream, fault: Fault, stop: Arc<AtomicBool>) {
     match fault {
         Fault::Status(code) => {
             while read_head(&mut stream).is_some() {
-                let body = format!(
-                    r#"{{"errors":[{{"code":"UNKNOWN","message":"injected {code}"}}]}}"#
-                );
+                let body =
+                    format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"injected {code}"}}]}}"#);
                 let resp = format!(
                     "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
