@@ -1,1 +1,149 @@
-//! placeholder
+//! Upstream faults, injected in process in front of (or instead of) the real registry: rate
+//! limits, 5xx, stalls, refused connections, cut bodies, and the bearer token flow.
+
+use std::path::Path;
+
+use portcullis_testkit::http::{self, Response};
+use portcullis_testkit::{
+    config_for, push, require_tools, tempdir, Fault, FaultServer, Image, Proxy, Registry,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn proxy_to(work: &Path, sub: &str, url: &str, extra: &str) -> Proxy {
+    let config = config_for("upstream.test", url, extra)
+        .replace("read_timeout = \"5s\"", "read_timeout = \"1s\"");
+    Proxy::start(Path::new(BIN), &work.join(sub), &config)
+}
+
+fn code(resp: &Response) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    v["errors"][0]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_map_to_oci_errors() {
+    let work = tempdir();
+    let limited = FaultServer::start(Fault::Status(429));
+    let broken = FaultServer::start(Fault::Status(500));
+    let stalled = FaultServer::start(Fault::Stall);
+    let refused = format!("http://127.0.0.1:{}", portcullis_testkit::free_port());
+    let blob = format!("sha256:{}", "1".repeat(64));
+    for (sub, url, status, expected) in [
+        ("limited", limited.url(), 429, "TOOMANYREQUESTS"),
+        ("broken", broken.url(), 503, "UNAVAILABLE"),
+        ("stalled", stalled.url(), 503, "UNAVAILABLE"),
+        ("refused", refused.clone(), 503, "UNAVAILABLE"),
+    ] {
+        let p = proxy_to(work.path(), sub, &url, "");
+        for path in [
+            "/v2/a/b/manifests/v1".to_owned(),
+            format!("/v2/a/b/blobs/{blob}"),
+        ] {
+            let resp = http::get(&format!("{}{path}", p.url())).await;
+            assert_eq!(
+                (resp.status, code(&resp).as_str()),
+                (status, expected),
+                "{sub} {path}"
+            );
+        }
+        assert!(std::fs::read_dir(p.data_dir.join("blobs/sha256"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+    assert!(stalled.connections() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_short_is_aborted_and_not_cached() {
+    require_tools();
+    let work = tempdir();
+    let upstream = Registry::start(work.path());
+    push(Image::Big, &upstream, "test/big:v1");
+    let cut = FaultServer::start(Fault::Cut {
+        to: upstream.addr,
+        after: 4 << 20,
+    });
+    let p = proxy_to(work.path(), "p", &cut.url(), "");
+    let manifest = http::get(&format!("{}/v2/test/big/manifests/v1", p.url())).await;
+    assert_eq!(manifest.status, 200, "{}", p.log_contents());
+    let m: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let size = m["layers"][0]["size"].as_u64().unwrap() as usize;
+    let url = format!("{}/v2/test/big/blobs/{layer}", p.url());
+    match http::try_request("GET", &url, &[], Default::default()).await {
+        Err(_) => {}
+        Ok(resp) => assert!(resp.status != 200 || resp.body.len() < size),
+    }
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    assert!(!p.data_dir.join("blobs/sha256").join(hex).exists());
+    assert!(
+        p.log_contents().contains("nothing cached"),
+        "{}",
+        p.log_contents()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_token_flow_uses_credentials_from_a_file_and_caches_the_token() {
+    require_tools();
+    let work = tempdir();
+    let upstream = Registry::start(work.path());
+    push(Image::Small, &upstream, "test/small:v1");
+    let gate = FaultServer::start(Fault::TokenGate {
+        to: upstream.addr,
+        user: "puller".into(),
+        pass: "s3cret-pass".into(),
+        token: "tok-123".into(),
+    });
+    let secret = work.path().join("password");
+    std::fs::write(&secret, "s3cret-pass\n").unwrap();
+    let user = work.path().join("username");
+    std::fs::write(&user, "puller").unwrap();
+    let config = config_for("upstream.test", &gate.url(), "").replace(
+        "default = true\n",
+        &format!(
+            "default = true\nusername_file = \"{}\"\npassword_file = \"{}\"\n",
+            user.display(),
+            secret.display()
+        ),
+    );
+    let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
+    let m = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
+    assert_eq!(m.status, 200, "{}", p.log_contents());
+    let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    for layer in v["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap();
+        let b = http::get(&format!("{}/v2/test/small/blobs/{d}", p.url())).await;
+        assert_eq!(b.status, 200);
+    }
+    assert_eq!(
+        gate.tokens_issued(),
+        1,
+        "one token, cached for later requests"
+    );
+    let log = p.log_contents();
+    assert!(
+        !log.contains("s3cret-pass") && !log.contains("tok-123"),
+        "no secret in logs"
+    );
+
+    // Without credentials the token endpoint refuses, and the client hears DENIED.
+    let anonymous = Proxy::start(
+        Path::new(BIN),
+        &work.path().join("anon"),
+        &config_for("upstream.test", &gate.url(), ""),
+    );
+    let resp = http::get(&format!("{}/v2/test/small/manifests/v1", anonymous.url())).await;
+    assert_eq!((resp.status, code(&resp).as_str()), (403, "DENIED"));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let work = tempdir();
+    let mut p = proxy_to(work.path(), "p", "http://127.0.0.1:9", "");
+    let status = p.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(p.log_contents().contains("shutting down"));
+}

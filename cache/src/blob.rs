@@ -3,7 +3,8 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread;
 
 use bytes::Bytes;
 
@@ -28,6 +29,10 @@ impl Blob {
     }
 }
 
+/// Blobs at most this large are hashed on the writing thread; larger ones on a thread of their
+/// own, so that hashing and writing run on two cores.
+const INLINE_HASH_MAX: u64 = 1 << 20;
+
 /// Writes one blob. Hashes every byte as it is written; [`commit`](Self::commit) refuses to make
 /// the blob visible unless the digest (and the expected size, when known) match. Dropping the
 /// writer uncommitted deletes its temporary file.
@@ -37,7 +42,15 @@ pub struct BlobWriter {
     expected_size: Option<u64>,
     path: PathBuf,
     file: Option<File>,
-    hasher: Hasher,
+    written: u64,
+    hashing: Hashing,
+}
+
+enum Hashing {
+    NotStarted,
+    Inline(Hasher),
+    Thread(mpsc::SyncSender<Bytes>, thread::JoinHandle<Digest>),
+    Done(Digest),
 }
 
 impl BlobWriter {
@@ -54,7 +67,8 @@ impl BlobWriter {
             expected_size,
             path,
             file: Some(file),
-            hasher: Hasher::new(),
+            written: 0,
+            hashing: Hashing::NotStarted,
         })
     }
 
@@ -71,26 +85,61 @@ impl BlobWriter {
 
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
-        self.hasher.len()
+        self.written
     }
 
     /// Appends bytes. Fails early if more bytes arrive than the expected size.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    pub fn write(&mut self, bytes: Bytes) -> Result<(), Error> {
+        let actual = self.written + bytes.len() as u64;
         if let Some(expected) = self.expected_size {
-            let actual = self.hasher.len() + bytes.len() as u64;
             if actual > expected {
                 return Err(Error::SizeMismatch { expected, actual });
             }
         }
-        self.hasher.update(bytes);
+        if matches!(self.hashing, Hashing::NotStarted) {
+            self.hashing = match self.expected_size {
+                Some(n) if n <= INLINE_HASH_MAX => Hashing::Inline(Hasher::new()),
+                _ => {
+                    let (tx, rx) = mpsc::sync_channel::<Bytes>(64);
+                    let handle = thread::Builder::new()
+                        .name("blob-hash".into())
+                        .spawn(move || {
+                            let mut h = Hasher::new();
+                            for chunk in rx {
+                                h.update(&chunk);
+                            }
+                            h.finish()
+                        })
+                        .map_err(io_err(&self.path))?;
+                    Hashing::Thread(tx, handle)
+                }
+            };
+        }
+        match &mut self.hashing {
+            Hashing::Inline(h) => h.update(&bytes),
+            Hashing::Thread(tx, _) => {
+                if tx.send(bytes.clone()).is_err() {
+                    return Err(Error::Corrupt("the hashing thread died".into()));
+                }
+            }
+            Hashing::NotStarted | Hashing::Done(_) => {
+                return Err(Error::Corrupt("write after verify".into()))
+            }
+        }
         let file = self.file.as_mut().expect("file open until commit");
-        file.write_all(bytes).map_err(io_err(&self.path))
+        file.write_all(&bytes).map_err(io_err(&self.path))?;
+        self.written = actual;
+        Ok(())
     }
 
-    /// Checks the digest, then flushes and renames into place. On any mismatch nothing becomes
-    /// visible and the temporary file is removed.
-    pub fn verify(&self) -> Result<u64, Error> {
-        let size = self.hasher.len();
+    /// Appends a copy of `bytes`.
+    pub fn write_slice(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.write(Bytes::copy_from_slice(bytes))
+    }
+
+    /// Checks the size and the digest of everything written. No more writes after this.
+    pub fn verify(&mut self) -> Result<u64, Error> {
+        let size = self.written;
         if let Some(expected) = self.expected_size {
             if size != expected {
                 return Err(Error::SizeMismatch {
@@ -99,7 +148,18 @@ impl BlobWriter {
                 });
             }
         }
-        let actual = self.hasher.clone().finish();
+        let actual = match std::mem::replace(&mut self.hashing, Hashing::NotStarted) {
+            Hashing::NotStarted => Digest::of(b""),
+            Hashing::Inline(h) => h.finish(),
+            Hashing::Thread(tx, handle) => {
+                drop(tx);
+                handle
+                    .join()
+                    .map_err(|_| Error::Corrupt("the hashing thread panicked".into()))?
+            }
+            Hashing::Done(d) => d,
+        };
+        self.hashing = Hashing::Done(actual.clone());
         if actual != self.digest {
             return Err(Error::DigestMismatch {
                 expected: self.digest.clone(),
@@ -109,7 +169,8 @@ impl BlobWriter {
         Ok(size)
     }
 
-    /// [`verify`](Self::verify), then make durable and visible.
+    /// [`verify`](Self::verify), then make durable and visible. On any mismatch nothing becomes
+    /// visible and the temporary file is removed.
     pub fn commit(mut self) -> Result<u64, Error> {
         let size = self.verify()?;
         let file = self.file.take().expect("file open until commit");

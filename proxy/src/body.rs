@@ -8,13 +8,12 @@
 //! bounded chunks: memory per client stays at a few chunks whatever the blob size.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use tokio::sync::{mpsc, watch};
@@ -25,7 +24,7 @@ use crate::fetch::Progress;
 pub type ResponseBody = BoxBody<Bytes, io::Error>;
 
 /// Bytes read from disk per chunk.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: u64 = 512 * 1024;
 /// Chunks queued per client.
 const QUEUE: usize = 4;
 /// Bytes withheld from the end of a blob until its digest has matched.
@@ -75,9 +74,10 @@ fn pump(
     handle: &tokio::runtime::Handle,
 ) -> io::Result<()> {
     match source {
-        Source::Done(file) => {
+        Source::Done(mut file) => {
+            file.seek(SeekFrom::Start(pos))?;
             while pos < end {
-                if !send_chunk(&file, &mut pos, end, tx)? {
+                if !send_chunk(&mut file, &mut pos, end, tx)? {
                     return Ok(());
                 }
             }
@@ -89,17 +89,22 @@ fn pump(
         } => {
             let mut file: Option<File> = None;
             loop {
-                let releasable = match &*progress.borrow_and_update() {
-                    Progress::Streaming { size, written } => releasable(*size, *written),
-                    Progress::Verified { size } => *size,
+                let (releasable, done) = match &*progress.borrow_and_update() {
+                    Progress::Streaming { size, written } => (releasable(*size, *written), false),
+                    Progress::Verified { size } => (*size, true),
                     Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
-                    Progress::Starting => 0,
+                    Progress::Starting => (0, false),
                 };
                 let limit = releasable.min(end);
-                if pos < limit {
-                    let f = match &file {
+                // Send full chunks while the fetch runs: fewer, larger writes to the client.
+                if pos < limit && (done || limit - pos >= CHUNK) {
+                    let f = match &mut file {
                         Some(f) => f,
-                        None => file.insert(open_either(&paths)?),
+                        None => {
+                            let mut f = open_either(&paths)?;
+                            f.seek(SeekFrom::Start(pos))?;
+                            file.insert(f)
+                        }
                     };
                     if !send_chunk(f, &mut pos, limit, tx)? {
                         return Ok(());
@@ -129,28 +134,25 @@ fn open_either(paths: &[PathBuf; 2]) -> io::Result<File> {
     File::open(&paths[0]).or_else(|_| File::open(&paths[1]))
 }
 
-/// Reads one chunk at `pos` and queues it. `Ok(false)` when the client has gone.
+/// Reads the next chunk (the file is positioned at `pos`) and queues it. `Ok(false)` when the
+/// client has gone.
 fn send_chunk(
-    file: &File,
+    file: &mut File,
     pos: &mut u64,
     end: u64,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> io::Result<bool> {
-    let want = (end - *pos).min(CHUNK as u64) as usize;
-    let mut buf = BytesMut::zeroed(want);
-    let mut filled = 0;
-    while filled < want {
-        let n = file.read_at(&mut buf[filled..], *pos + filled as u64)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "blob file shorter than recorded",
-            ));
-        }
-        filled += n;
+    let want = (end - *pos).min(CHUNK);
+    let mut buf = Vec::with_capacity(want as usize);
+    file.take(want).read_to_end(&mut buf)?;
+    if buf.len() as u64 != want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "blob file shorter than recorded",
+        ));
     }
-    *pos += want as u64;
-    Ok(tx.blocking_send(Ok(buf.freeze())).is_ok())
+    *pos += want;
+    Ok(tx.blocking_send(Ok(Bytes::from(buf))).is_ok())
 }
 
 /// A body fed by a channel, with an exact size hint so hyper sends `Content-Length`.

@@ -3,8 +3,8 @@
 //! The first request for a missing blob starts one upstream GET in a task of its own; every
 //! request for the same blob while it runs joins it and streams from the file it writes, as the
 //! bytes arrive (see [`crate::body`]). The fetch outlives the clients that started it, so a
-//! client hanging up does not spoil the others. The receive side (async) and the hash-and-write
-//! side (a blocking thread) run on different cores.
+//! client hanging up does not spoil the others. Receiving (async), writing (a blocking thread)
+//! and hashing (the cache writer's own thread) run as a pipeline across cores.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -93,6 +93,7 @@ struct Job {
 
 impl Job {
     async fn run(self, writer: BlobWriter) {
+        let started = std::time::Instant::now();
         let upstream = &self.target.upstream;
         let result = tokio::time::timeout(upstream.timeout, self.fetch(writer))
             .await
@@ -107,7 +108,8 @@ impl Job {
                 if let Err(e) = self.store.link(&self.target.name, &self.digest) {
                     tracing::error!(error = %e, "cannot record blob link");
                 }
-                tracing::debug!(digest = %self.digest, size, "blob verified and cached");
+                tracing::debug!(digest = %self.digest, size, ms = started.elapsed().as_millis() as u64,
+                    "blob verified and cached");
             }
             Err(e) => {
                 tracing::warn!(name = %self.target.name, digest = %self.digest, error = %e,
@@ -209,7 +211,7 @@ fn write_all(
     loop {
         match rx.blocking_recv() {
             Some(Chunk::Data(bytes)) => {
-                writer.write(&bytes).map_err(bad)?;
+                writer.write(bytes).map_err(bad)?;
                 let now = writer.written();
                 progress.send_modify(|p| {
                     if let Progress::Streaming { written, .. } = p {
@@ -225,7 +227,9 @@ fn write_all(
             }
         }
     }
+    let t = std::time::Instant::now();
     let size = writer.verify().map_err(bad)?;
+    tracing::debug!(verify_ms = t.elapsed().as_millis() as u64, "verified");
     progress.send_replace(Progress::Verified { size });
     writer.commit().map_err(bad)
 }

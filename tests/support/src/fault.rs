@@ -20,12 +20,24 @@ pub enum Fault {
         to: SocketAddr,
         bytes_per_sec: usize,
     },
+    /// Relay to a real server, cutting each connection after `after` bytes of answers.
+    Cut { to: SocketAddr, after: usize },
+    /// A registry behind the token flow: requests without `Authorization: Bearer <token>` get a
+    /// 401 challenge whose realm is this server's `/token`, which hands out `token` for basic
+    /// credentials `user:pass`. Authorised connections are relayed to `to`.
+    TokenGate {
+        to: SocketAddr,
+        user: String,
+        pass: String,
+        token: String,
+    },
 }
 
 /// A running fault server. Stops accepting on drop.
 pub struct FaultServer {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    tokens: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -35,7 +47,12 @@ impl FaultServer {
         let addr = listener.local_addr().expect("fault server addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (conns, stopped) = (Arc::clone(&connections), Arc::clone(&stop));
+        let tokens = Arc::new(AtomicUsize::new(0));
+        let (conns, stopped, issued) = (
+            Arc::clone(&connections),
+            Arc::clone(&stop),
+            Arc::clone(&tokens),
+        );
         thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopped.load(Ordering::Relaxed) {
@@ -44,19 +61,29 @@ impl FaultServer {
                 let Ok(stream) = stream else { continue };
                 conns.fetch_add(1, Ordering::Relaxed);
                 let fault = fault.clone();
-                let stopped = Arc::clone(&stopped);
-                thread::spawn(move || serve(stream, fault, stopped));
+                let ctx = Ctx {
+                    addr,
+                    stop: Arc::clone(&stopped),
+                    tokens: Arc::clone(&issued),
+                };
+                thread::spawn(move || serve(stream, fault, ctx));
             }
         });
         FaultServer {
             addr,
             connections,
+            tokens,
             stop,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Tokens handed out so far by a [`Fault::TokenGate`].
+    pub fn tokens_issued(&self) -> usize {
+        self.tokens.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.
@@ -72,7 +99,14 @@ impl Drop for FaultServer {
     }
 }
 
-fn serve(mut stream: TcpStream, fault: Fault, stop: Arc<AtomicBool>) {
+struct Ctx {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    tokens: Arc<AtomicUsize>,
+}
+
+fn serve(mut stream: TcpStream, fault: Fault, ctx: Ctx) {
+    let stop = ctx.stop;
     match fault {
         Fault::Status(code) => {
             while read_head(&mut stream).is_some() {
@@ -94,38 +128,95 @@ fn serve(mut stream: TcpStream, fault: Fault, stop: Arc<AtomicBool>) {
             }
         }
         Fault::Throttle { to, bytes_per_sec } => {
-            let Ok(upstream) = TcpStream::connect(to) else {
-                return;
-            };
-            let (mut up_read, mut client_write) = (
-                upstream.try_clone().expect("clone"),
-                stream.try_clone().expect("clone"),
+            relay(stream, to, Vec::new(), usize::MAX, Some(bytes_per_sec))
+        }
+        Fault::Cut { to, after } => relay(stream, to, Vec::new(), after, None),
+        Fault::TokenGate {
+            to,
+            user,
+            pass,
+            token,
+        } => {
+            use base64::Engine as _;
+            let basic = format!(
+                "basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
             );
-            let (mut client_read, mut up_write) = (stream, upstream);
-            thread::spawn(move || {
-                let _ = std::io::copy(&mut client_read, &mut up_write);
-                let _ = up_write.shutdown(Shutdown::Write);
-            });
-            let chunk = (bytes_per_sec / 20).max(1);
-            let mut buf = vec![0u8; chunk];
-            loop {
-                match up_read.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if client_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(50));
+            let bearer = format!("bearer {token}");
+            while let Some(head) = read_head(&mut stream) {
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let authorization = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let resp = if text.starts_with("get /token") {
+                    if authorization == basic {
+                        ctx.tokens.fetch_add(1, Ordering::Relaxed);
+                        let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                    } else {
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_owned()
                     }
+                } else if authorization == bearer {
+                    return relay(stream, to, head, usize::MAX, None);
+                } else {
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"test\"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+                        ctx.addr
+                    )
+                };
+                if stream.write_all(resp.as_bytes()).is_err() {
+                    return;
                 }
             }
-            let _ = client_write.shutdown(Shutdown::Write);
         }
     }
 }
 
+/// Relays `client` to `to` (after sending `first` upstream), passing at most `limit` bytes of
+/// answers back, optionally at `rate` bytes per second.
+fn relay(client: TcpStream, to: SocketAddr, first: Vec<u8>, limit: usize, rate: Option<usize>) {
+    let Ok(mut upstream) = TcpStream::connect(to) else {
+        return;
+    };
+    if upstream.write_all(&first).is_err() {
+        return;
+    }
+    let (mut up_read, mut client_write) = (
+        upstream.try_clone().expect("clone"),
+        client.try_clone().expect("clone"),
+    );
+    let mut client_read = client;
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut client_read, &mut upstream);
+        let _ = upstream.shutdown(Shutdown::Write);
+    });
+    let chunk = rate.map_or(64 * 1024, |r| (r / 20).max(1));
+    let mut buf = vec![0u8; chunk];
+    let mut sent = 0;
+    while sent < limit {
+        match up_read.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let n = n.min(limit - sent);
+                if client_write.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent += n;
+                if rate.is_some() {
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    let _ = client_write.shutdown(Shutdown::Both);
+    let _ = up_read.shutdown(Shutdown::Both);
+}
+
 /// Reads one request head (requests from the proxy have no body). `None` at EOF.
-fn read_head(stream: &mut TcpStream) -> Option<()> {
+fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -134,5 +225,5 @@ fn read_head(stream: &mut TcpStream) -> Option<()> {
             _ => return None,
         }
     }
-    Some(())
+    Some(head)
 }

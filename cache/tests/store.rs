@@ -1,0 +1,148 @@
+//! The store's promises: nothing unverified becomes visible, interrupted writes leave nothing,
+//! and eviction is least-recently-used but never takes what a kept manifest references.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use portcullis_cache::{Blob, Digest, Error, Store, StoreConfig, TagRecord};
+
+fn open(dir: &std::path::Path, max_size: u64) -> Arc<Store> {
+    Store::open(&StoreConfig {
+        dir: dir.to_owned(),
+        max_size,
+        hot_bytes: 1 << 20,
+    })
+    .unwrap()
+}
+
+fn put_blob(store: &Arc<Store>, data: &[u8]) -> Digest {
+    let d = Digest::of(data);
+    let mut w = store.blob_writer(&d, Some(data.len() as u64)).unwrap();
+    for chunk in data.chunks(7) {
+        w.write_slice(chunk).unwrap();
+    }
+    w.commit().unwrap();
+    d
+}
+
+fn read(blob: Blob) -> Vec<u8> {
+    match blob {
+        Blob::Memory(b) => b.to_vec(),
+        Blob::File { file, size } => {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; size as usize];
+            file.read_exact_at(&mut buf, 0).unwrap();
+            buf
+        }
+    }
+}
+
+#[test]
+fn a_committed_blob_reads_back_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let data = vec![42u8; 300_000];
+    let d = put_blob(&store, &data);
+    assert_eq!(read(store.blob(&d).unwrap().unwrap()), data);
+    assert_eq!(store.size(), 300_000);
+    drop(store);
+    let store = open(dir.path(), 1 << 30);
+    assert_eq!(store.has_blob(&d).unwrap(), Some(300_000));
+    assert_eq!(store.size(), 300_000);
+}
+
+#[test]
+fn a_mismatched_or_abandoned_write_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let claimed = Digest::of(b"the real thing");
+    let mut w = store.blob_writer(&claimed, None).unwrap();
+    w.write_slice(b"a forgery").unwrap();
+    let tmp = w.path().to_owned();
+    assert!(matches!(w.commit(), Err(Error::DigestMismatch { .. })));
+    assert!(!tmp.exists());
+    assert!(store.blob(&claimed).unwrap().is_none());
+
+    let mut w = store.blob_writer(&claimed, Some(3)).unwrap();
+    assert!(matches!(
+        w.write_slice(b"too long"),
+        Err(Error::SizeMismatch { .. })
+    ));
+    let tmp = w.path().to_owned();
+    drop(w);
+    assert!(!tmp.exists());
+    assert_eq!(store.size(), 0);
+
+    let m = Bytes::from_static(b"{}");
+    assert!(store.put_manifest(&claimed, "x", &m, &[]).is_err());
+    assert!(store.manifest(&claimed).unwrap().is_none());
+}
+
+#[test]
+fn leftovers_of_a_crash_are_cleared_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let d = Digest::of(b"partial");
+    let mut w = store.blob_writer(&d, None).unwrap();
+    w.write_slice(b"part").unwrap();
+    let tmp = w.path().to_owned();
+    std::mem::forget(w); // as if killed: no cleanup ran
+    drop(store);
+    assert!(tmp.exists());
+    let store = open(dir.path(), 1 << 30);
+    assert!(!tmp.exists());
+    assert!(store.blob(&d).unwrap().is_none());
+}
+
+#[test]
+fn tags_and_links_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let rec = TagRecord {
+        digest: Digest::of(b"m").to_string(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        fetched_at_ms: 7,
+    };
+    store.put_tag("r.io/a", "v1", &rec).unwrap();
+    assert_eq!(store.tag("r.io/a", "v1").unwrap(), Some(rec));
+    assert_eq!(store.tag("r.io/a", "v2").unwrap(), None);
+    let d = Digest::of(b"m");
+    assert!(!store.is_linked("r.io/a", &d).unwrap());
+    store.link("r.io/a", &d).unwrap();
+    assert!(store.is_linked("r.io/a", &d).unwrap());
+    assert!(!store.is_linked("r.io/b", &d).unwrap());
+}
+
+#[test]
+fn eviction_is_lru_and_spares_referenced_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let kept_layer = put_blob(&store, &[1u8; 1000]);
+    let manifest = Bytes::from(format!(r#"{{"layers":[{{"digest":"{kept_layer}"}}]}}"#));
+    let md = Digest::of(&manifest);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let old = put_blob(&store, &[2u8; 1000]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let recent = put_blob(&store, &[3u8; 1000]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store
+        .put_manifest(
+            &md,
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+            std::slice::from_ref(&kept_layer),
+        )
+        .unwrap();
+    let total = store.size();
+    // Room for everything but one unreferenced blob: the least recently used one goes, not the
+    // older layer that the manifest keeps.
+    let done = store.evict_until(total - 1).unwrap();
+    assert_eq!(done.items, 1);
+    assert!(store.has_blob(&old).unwrap().is_none());
+    assert!(store.has_blob(&kept_layer).unwrap().is_some());
+    assert!(store.has_blob(&recent).unwrap().is_some());
+    // Squeezed to nothing, the manifest goes first, then its layer.
+    store.evict_until(0).unwrap();
+    assert_eq!(store.size(), 0);
+    assert!(store.manifest(&md).unwrap().is_none());
+}
