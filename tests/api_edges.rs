@@ -339,11 +339,7 @@ async fn allow_and_deny_lists_refuse_before_any_upstream_traffic() {
         );
         assert!(message(&resp).contains(needle), "{}", message(&resp));
     }
-    assert_eq!(
-        upstream.count_requests("GET", "/test/secret"),
-        1,
-        "only the push's own check"
-    );
+    assert_eq!(upstream.count_requests("GET", "/test/secret"), 0);
     assert_eq!(upstream.count_requests("GET", "/other/img/manifests"), 0);
 
     let deny_all = proxy(
@@ -380,7 +376,7 @@ async fn oversize_manifests_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tags_list_paginates_with_links_in_the_clients_name() {
+async fn tags_list_passes_pagination_through() {
     require_tools();
     let work = tempdir();
     let upstream = Registry::start(work.path());
@@ -392,19 +388,17 @@ async fn tags_list_paginates_with_links_in_the_clients_name() {
     let v: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
     assert_eq!(v["tags"], serde_json::json!(["v1", "v2", "v3"]));
 
+    // distribution 2.8 ignores `n` and `last`; that they reach it is what portcullis owes. The
+    // `Link` rewrite is unit-tested beside the handler.
     let prefixed = format!("{}/test/small", upstream.host());
-    let page = http::get(&format!("{}/v2/{prefixed}/tags/list?n=2", p.url())).await;
-    let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
-    assert_eq!(v["tags"], serde_json::json!(["v1", "v2"]));
-    let link = page.header("link").expect("a Link to the next page");
+    let page = http::get(&format!("{}/v2/{prefixed}/tags/list?n=2&last=v1", p.url())).await;
+    assert_eq!(page.status, 200);
     assert_eq!(
-        link,
-        format!("</v2/{prefixed}/tags/list?n=2&last=v2>; rel=\"next\"")
+        upstream.count_requests("GET", "/v2/test/small/tags/list?n=2&last=v1"),
+        1
     );
-    let next = link.trim_start_matches('<').split('>').next().unwrap();
-    let page2 = http::get(&format!("{}{next}", p.url())).await;
-    let v: serde_json::Value = serde_json::from_slice(&page2.body).unwrap();
-    assert_eq!(v["tags"], serde_json::json!(["v3"]));
+    let bad = http::get(&format!("{}/v2/test/small/tags/list?n=lots", p.url())).await;
+    assert_eq!((bad.status, code(&bad).as_str()), (400, "UNSUPPORTED"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

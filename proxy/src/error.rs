@@ -105,9 +105,9 @@ impl ProxyError {
             other => other.to_string(),
         };
         match self.origin() {
-            Origin::Internal => tracing::error!(code, error = %self, "request failed"),
-            Origin::Upstream => tracing::warn!(code, error = %self, "request failed"),
-            Origin::Client => tracing::info!(code, error = %self, "request refused"),
+            Origin::Internal => tracing::error!(%code, error = %self, "request failed"),
+            Origin::Upstream => tracing::warn!(%code, error = %self, "request failed"),
+            Origin::Client => tracing::info!(%code, error = %self, "request refused"),
         }
         let body = json!({"errors": [{"code": code, "message": message, "detail": null}]});
         let bytes = Bytes::from(body.to_string());

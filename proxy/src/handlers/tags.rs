@@ -44,7 +44,7 @@ pub async fn serve(
         .headers()
         .get(header::LINK)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| next_link(v, target));
+        .and_then(|v| next_link(v, &target.client_name, target.ns.as_deref()));
     let bytes = read_limited(resp.into_body(), MAX_TAG_LIST, up.read_timeout).await?;
     serde_json::from_slice::<TagList>(&bytes)
         .map_err(|e| ProxyError::BadUpstream(format!("{what}: not a tag list: {e}")))?;
@@ -80,7 +80,7 @@ fn pagination(query: &Query, ns: Option<&str>) -> Result<String, ProxyError> {
 }
 
 /// Rewrites the upstream's `Link: </v2/<repo>/tags/list?…>; rel="next"` for the client's name.
-fn next_link(upstream_link: &str, target: &Target) -> Option<String> {
+fn next_link(upstream_link: &str, client_name: &str, ns: Option<&str>) -> Option<String> {
     let inner = upstream_link
         .split('>')
         .next()?
@@ -95,9 +95,27 @@ fn next_link(upstream_link: &str, target: &Target) -> Option<String> {
             _ => {}
         }
     }
-    let params = pagination(&q, target.ns.as_deref()).ok()?;
+    let params = pagination(&q, ns).ok()?;
     Some(format!(
-        "</v2/{}/tags/list?{params}>; rel=\"next\"",
-        target.client_name
+        "</v2/{client_name}/tags/list?{params}>; rel=\"next\""
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_rewritten_to_the_clients_name_and_namespace() {
+        let upstream = r#"</v2/library/alpine/tags/list?last=3.19&n=2>; rel="next""#;
+        assert_eq!(
+            next_link(upstream, "alpine", None).unwrap(),
+            r#"</v2/alpine/tags/list?n=2&last=3.19>; rel="next""#
+        );
+        assert_eq!(
+            next_link(upstream, "library/alpine", Some("docker.io")).unwrap(),
+            r#"</v2/library/alpine/tags/list?n=2&last=3.19&ns=docker.io>; rel="next""#
+        );
+        assert_eq!(next_link("garbage", "a", None), None);
+    }
 }

@@ -141,8 +141,9 @@ fn serve(mut stream: TcpStream, fault: Fault, ctx: Ctx) {
             let basic = format!(
                 "basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-            );
-            let bearer = format!("bearer {token}");
+            )
+            .to_ascii_lowercase();
+            let bearer = format!("bearer {token}").to_ascii_lowercase();
             while let Some(head) = read_head(&mut stream) {
                 let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 let authorization = text
