@@ -13,6 +13,10 @@ pub struct Registry {
     pub root: PathBuf,
     /// Combined stdout + stderr, including the access log that [`Registry::count_requests`] reads.
     pub log: PathBuf,
+    config: PathBuf,
+    upstream: Option<String>,
+    htpasswd: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
     daemon: Daemon,
 }
 
@@ -34,20 +38,11 @@ impl Registry {
         let dir = workdir.join(format!("registry-{port}"));
         let root = dir.join("storage");
         std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
-        let mut config = format!(
-            "version: 0.1\n\
-             log: {{level: info, accesslog: {{disabled: false}}}}\n\
-             storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
-             http: {{addr: {addr}}}\n",
-            root.display()
-        );
-        if let Some(url) = upstream {
-            config.push_str(&format!("proxy: {{remoteurl: {url}}}\n"));
-        }
-        let config_path = dir.join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
         let log = dir.join("registry.log");
-        let args = vec!["serve".to_string(), config_path.display().to_string()];
+        let args = vec![
+            "serve".to_string(),
+            dir.join("config.yml").display().to_string(),
+        ];
         let name = match upstream {
             Some(_) => format!("docker-registry (proxy mode) on {addr}"),
             None => format!("docker-registry on {addr}"),
@@ -57,13 +52,54 @@ impl Registry {
             addr,
             root,
             log,
+            config: dir.join("config.yml"),
+            upstream: upstream.map(str::to_owned),
+            htpasswd: None,
+            tls: None,
             daemon,
         };
         reg.run();
         reg
     }
 
+    /// Restarts on the same port and storage behind basic auth (a bcrypt `htpasswd` file) and/or
+    /// TLS (PEM certificate and key). Push fixtures before: [`crate::push`] sends no credentials.
+    pub fn secure(&mut self, htpasswd: Option<&Path>, tls: Option<(&Path, &Path)>) {
+        self.htpasswd = htpasswd.map(Path::to_owned);
+        self.tls = tls.map(|(c, k)| (c.to_owned(), k.to_owned()));
+        self.restart();
+    }
+
+    fn write_config(&self) {
+        let mut config = format!(
+            "version: 0.1\n\
+             log: {{level: info, accesslog: {{disabled: false}}}}\n\
+             storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n",
+            self.root.display()
+        );
+        match &self.tls {
+            Some((cert, key)) => config.push_str(&format!(
+                "http: {{addr: {}, tls: {{certificate: {}, key: {}}}}}\n",
+                self.addr,
+                cert.display(),
+                key.display()
+            )),
+            None => config.push_str(&format!("http: {{addr: {}}}\n", self.addr)),
+        }
+        if let Some(url) = &self.upstream {
+            config.push_str(&format!("proxy: {{remoteurl: {url}}}\n"));
+        }
+        if let Some(file) = &self.htpasswd {
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: portcullis-test, path: {}}}}}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&self.config, config).expect("write registry config");
+    }
+
     fn run(&mut self) {
+        self.write_config();
         self.daemon.spawn();
         // Any HTTP answer means it is serving (401 would be an auth-enabled registry).
         self.daemon.wait_ready(self.addr, |_| true);
@@ -80,9 +116,10 @@ impl Registry {
         self.run();
     }
 
-    /// `"http://127.0.0.1:PORT"`.
+    /// `"http://127.0.0.1:PORT"` (`https` once [`Registry::secure`] gave it TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// `"127.0.0.1:PORT"`, as used in image references.
