@@ -253,8 +253,8 @@ async fn bad_input_gets_the_right_oci_error() {
         (
             "GET",
             format!("/v2/test/small/blobs/{zeros}"),
-            404,
-            "BLOB_UNKNOWN",
+            403,
+            "DENIED",
         ),
         (
             "GET",
@@ -301,6 +301,14 @@ async fn bad_input_gets_the_right_oci_error() {
         log.contains("code=NAME_INVALID"),
         "each refusal is logged: {log}"
     );
+
+    // A blob the verified manifest names, gone from the upstream.
+    let m = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
+    let m: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    let config = m["config"]["digest"].as_str().unwrap();
+    std::fs::remove_file(upstream.blob_path(config)).unwrap();
+    let gone = http::get(&format!("{}/v2/test/small/blobs/{config}", p.url())).await;
+    assert_eq!((gone.status, code(&gone).as_str()), (404, "BLOB_UNKNOWN"));
 
     let head = http::request(
         "HEAD",

@@ -38,7 +38,7 @@ async fn upstream_failures_map_to_oci_errors() {
         let p = proxy_to(work.path(), sub, &url, "");
         for path in [
             "/v2/a/b/manifests/v1".to_owned(),
-            format!("/v2/a/b/blobs/{blob}"),
+            format!("/v2/a/b/manifests/{blob}"),
         ] {
             let resp = http::get(&format!("{}{path}", p.url())).await;
             assert_eq!(

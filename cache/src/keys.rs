@@ -3,7 +3,8 @@
 //! - `b/<digest>`: a blob's size (its body is a file);
 //! - `a/<digest>`: last access, milliseconds since the epoch;
 //! - `l/<repo>\0<digest>`: the repository `repo` was seen to hold `digest` upstream;
-//! - `t/<repo>\0<tag>`: a tag mapping.
+//! - `t/<repo>\0<tag>`: a tag mapping;
+//! - `x/<namespace>/<key>`: opaque records of the caller's (verdicts, gates).
 
 use crate::Digest;
 
@@ -37,4 +38,8 @@ pub fn digest_of(key: &[u8], prefix: &str) -> Option<Digest> {
         .ok()?
         .parse()
         .ok()
+}
+
+pub fn meta(namespace: &str, key: &str) -> Vec<u8> {
+    format!("x/{namespace}/{key}").into_bytes()
 }

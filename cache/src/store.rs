@@ -203,6 +203,16 @@ impl Store {
             .map_err(|_| Error::Corrupt(format!("tag {repo}:{tag}")))
     }
 
+    /// Stores an opaque record under `namespace`/`key` (the caller's own bookkeeping, such as
+    /// verdicts). The store does not interpret it.
+    pub fn put_meta(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), Error> {
+        Ok(self.db.put(keys::meta(namespace, key), value)?)
+    }
+
+    pub fn meta(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get(keys::meta(namespace, key))?)
+    }
+
     /// Starts writing a blob. Nothing is visible until [`BlobWriter::commit`] has checked the
     /// digest; a writer dropped before that leaves nothing behind.
     pub fn blob_writer(

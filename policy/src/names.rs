@@ -1,10 +1,12 @@
 //! Allow-list, deny-list and the default action, checked before any upstream traffic.
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::PolicyError;
 
 /// What happens to an allowed name that no rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DefaultAction {
     /// Refuse it.
@@ -17,7 +19,7 @@ pub enum DefaultAction {
 }
 
 /// The `[policy]` table.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NamePolicyConfig {
     /// If set, only names matching one of these globs may be pulled.
@@ -28,15 +30,6 @@ pub struct NamePolicyConfig {
     pub deny: Vec<String>,
     #[serde(default)]
     pub default: DefaultAction,
-}
-
-/// A glob that does not compile.
-#[derive(Debug, thiserror::Error)]
-#[error("policy glob {glob:?}: {source}")]
-pub struct PolicyError {
-    glob: String,
-    #[source]
-    source: globset::Error,
 }
 
 /// The compiled allow/deny lists.
@@ -60,12 +53,12 @@ impl NamePolicy {
     /// Compiles the globs: `*` matches within one path segment, `**` across segments.
     pub fn new(cfg: &NamePolicyConfig) -> Result<NamePolicy, PolicyError> {
         let allow = match &cfg.allow {
-            Some(globs) => Some((compile(globs)?, globs.clone())),
+            Some(globs) => Some((compile_globs(globs)?, globs.clone())),
             None => None,
         };
         Ok(NamePolicy {
             allow,
-            deny: (compile(&cfg.deny)?, cfg.deny.clone()),
+            deny: (compile_globs(&cfg.deny)?, cfg.deny.clone()),
             default: cfg.default,
         })
     }
@@ -94,12 +87,13 @@ impl NamePolicy {
     }
 }
 
-fn compile(globs: &[String]) -> Result<GlobSet, PolicyError> {
+/// Compiles globs: `*` matches within one path segment, `**` across segments.
+pub(crate) fn compile_globs(globs: &[String]) -> Result<GlobSet, PolicyError> {
     let mut set = GlobSetBuilder::new();
     for g in globs {
         set.add(glob(g)?);
     }
-    set.build().map_err(|source| PolicyError {
+    set.build().map_err(|source| PolicyError::Glob {
         glob: globs.join(", "),
         source,
     })
@@ -109,7 +103,7 @@ fn glob(g: &str) -> Result<Glob, PolicyError> {
     GlobBuilder::new(g)
         .literal_separator(true)
         .build()
-        .map_err(|source| PolicyError {
+        .map_err(|source| PolicyError::Glob {
             glob: g.to_owned(),
             source,
         })

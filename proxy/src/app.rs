@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use moka::sync::Cache;
 use portcullis_cache::{Store, StoreConfig};
-use portcullis_policy::NamePolicy;
+use portcullis_policy::{Policy, Verdict};
 
 use crate::config::Config;
 use crate::fetch::Flights;
@@ -15,7 +16,9 @@ pub struct App {
     pub config: Config,
     pub store: Arc<Store>,
     pub router: Router,
-    pub names: NamePolicy,
+    pub policy: Policy,
+    /// Verdicts by `fingerprint\0name\0digest`, in front of their RocksDB copies.
+    pub verdicts: Cache<String, Arc<Verdict>>,
     pub flights: Arc<Flights>,
 }
 
@@ -39,10 +42,11 @@ impl App {
             .map(|u| Upstream::new(u).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let default = config.upstreams.iter().position(|u| u.default);
-        let names = NamePolicy::new(&config.policy).map_err(|e| e.to_string())?;
+        let policy = config.policy_engine()?;
         Ok(App {
             router: Router::new(upstreams, default),
-            names,
+            policy,
+            verdicts: Cache::new(100_000),
             store,
             flights: Arc::default(),
             config,

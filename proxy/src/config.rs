@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use portcullis_policy::{NamePolicy, NamePolicyConfig};
+use portcullis_policy::{NamePolicyConfig, Policy, RuleConfig, TrustConfig, BUILTIN_PUBLIC_GOOD};
 use serde::Deserialize;
 use url::Url;
 
@@ -25,6 +25,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub policy: NamePolicyConfig,
+    /// `[[trust.key]]` and `[[trust.root]]`: the trust material rules refer to.
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// `[[rule]]`s: who must have signed which images.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,13 +144,14 @@ impl Default for CacheConfig {
 }
 
 impl Config {
-    /// Loads and validates a file.
+    /// Loads and validates a file. Relative key and trusted-root paths are relative to the file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml(&text, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
     }
 
     /// The embedded default.
@@ -153,12 +160,25 @@ impl Config {
             .expect("the embedded default config is valid")
     }
 
-    /// Parses and validates `text`; `origin` names it in errors.
+    /// Parses and validates `text`; `origin` names it in errors. Relative paths stay relative to
+    /// the working directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        Config::parse(text, origin, Path::new(""))
+    }
+
+    fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             origin: origin.to_owned(),
             source,
         })?;
+        for key in &mut config.trust.keys {
+            key.path = base.join(&key.path);
+        }
+        for root in &mut config.trust.roots {
+            if root.trusted_root.as_os_str() != BUILTIN_PUBLIC_GOOD {
+                root.trusted_root = base.join(&root.trusted_root);
+            }
+        }
         config.validate().map_err(|message| ConfigError::Invalid {
             origin: origin.to_owned(),
             message,
@@ -181,8 +201,16 @@ impl Config {
         if self.cache.max_size.as_u64() == 0 {
             return Err("[cache] max_size must be larger than 0".into());
         }
-        NamePolicy::new(&self.policy).map_err(|e| format!("[policy]: {e}"))?;
+        self.policy_engine()?;
         Ok(())
+    }
+
+    /// Builds the policy: globs, rules and trust material (read from their files now).
+    pub fn policy_engine(&self) -> Result<Policy, String> {
+        Policy::new(&self.policy, &self.trust, &self.rules).map_err(|e| match e {
+            portcullis_policy::PolicyError::Glob { .. } => format!("[policy]: {e}"),
+            e => e.to_string(),
+        })
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-while-streaming body.
 //! - [`error`]: the one place errors become OCI error JSON.
 //! - [`server`] and [`log`]: the listener, the request stack and the request log.
+//! - [`verify`]: `portcullis verify`, the policy's verdict on one image, with reasons.
 
 pub mod app;
 pub mod body;
@@ -24,6 +25,7 @@ pub mod log;
 pub mod route;
 pub mod server;
 pub mod upstream;
+pub mod verify;
 
 pub use app::App;
 pub use config::Config;

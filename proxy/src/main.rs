@@ -27,6 +27,17 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Resolve an image, fetch its signatures, evaluate the policy and print the verdict with its
+    /// reasons. Exits 0 when the image would be served, 1 when it would be denied.
+    Verify {
+        /// `registry/repository[:tag][@digest]`, e.g. `ghcr.io/acme/app:v1`.
+        image: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
         #[arg(long, short)]
@@ -44,6 +55,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
+        Command::Verify {
+            image,
+            config,
+            json,
+        } => return load(config.as_deref()).map_or_else(fail, |c| verify(c, &image, json)),
         Command::Serve { config } => load(config.as_deref()).and_then(serve),
         Command::CheckConfig { config } => load(Some(&config)).map(|_| {
             println!("{}: ok", config.display());
@@ -51,10 +67,40 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            ExitCode::from(2)
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: String) -> ExitCode {
+    eprintln!("portcullis: {e}");
+    ExitCode::from(2)
+}
+
+fn verify(config: Config, image: &str, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let verdict = match runtime.block_on(portcullis::verify::verify(config, image)) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict).expect("verdict serialises")
+        );
+    } else {
+        for line in verdict.message.split(" | ") {
+            println!("{line}");
         }
+    }
+    match verdict.decision {
+        portcullis_policy::Decision::Deny => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
     }
 }
 

@@ -5,7 +5,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_range_header::parse_range_header;
 use portcullis_cache::{Blob, Digest};
 
-use super::Outcome;
+use super::{gate, Outcome};
 use crate::app::App;
 use crate::body::{empty, full, stream, ResponseBody, Source};
 use crate::error::ProxyError;
@@ -21,6 +21,7 @@ pub async fn serve(
     head: bool,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    gate::check_blob(app, target, digest)?;
     if app.store.has_blob(digest)?.is_some() {
         if !app.store.is_linked(&target.name, digest)? {
             // Held for another repository: serve it here only if this one has it upstream too.

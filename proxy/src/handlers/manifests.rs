@@ -7,10 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response};
 use portcullis_cache::{now_ms, Digest, Manifest, TagRecord};
-use portcullis_policy::DefaultAction;
 use serde::Deserialize;
 
-use super::{Accept, Outcome};
+use super::{gate, Accept, Outcome};
 use crate::app::App;
 use crate::body::{empty, full, ResponseBody};
 use crate::error::ProxyError;
@@ -48,9 +47,14 @@ pub async fn serve(
         Reference::Digest(d) => (d.clone(), by_digest(app, target, d, accept, outcome).await?),
         Reference::Tag(tag) => resolve_tag(app, target, tag, accept, outcome).await?,
     };
-    if app.names.default_action() == DefaultAction::Warn {
-        tracing::warn!(name = %target.name, %digest,
-            "served without signature verification: no [[rule]] matches and [policy] default = \"warn\"");
+    match reference {
+        Reference::Tag(tag) if gate::is_signature_tag(tag) => {
+            gate::open_gate(app, target, &manifest.refs)?
+        }
+        _ => {
+            let verdict = gate::verdict(app, target, &digest).await?;
+            gate::enforce(app, target, &digest, &manifest, &verdict)?;
+        }
     }
     let mut resp = Response::new(if head {
         empty()
@@ -72,7 +76,7 @@ pub async fn serve(
     Ok(resp)
 }
 
-async fn by_digest(
+pub(crate) async fn by_digest(
     app: &App,
     target: &Target,
     digest: &Digest,
@@ -90,7 +94,9 @@ async fn by_digest(
     Ok(m)
 }
 
-async fn resolve_tag(
+/// Resolves a tag to a verified-by-hash manifest: cached mapping within `tag_ttl`, else a `HEAD`
+/// revalidation, else a fetch; a stale mapping within `max_stale` while the upstream is down.
+pub(crate) async fn resolve_tag(
     app: &App,
     target: &Target,
     tag: &str,

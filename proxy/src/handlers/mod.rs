@@ -3,7 +3,8 @@
 
 mod accept;
 mod blobs;
-mod manifests;
+pub mod gate;
+pub mod manifests;
 mod tags;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use portcullis_policy::{DefaultAction, NameDecision};
+use portcullis_policy::NameDecision;
 
 pub use accept::Accept;
 
@@ -141,15 +142,17 @@ async fn dispatch(
     }
 }
 
-/// The allow-list, deny-list and default action, before any upstream traffic. Until signature
-/// rules exist, every allowed name falls to `[policy] default`.
+/// The allow-list and deny-list, before any upstream traffic. A name that no rule covers and
+/// that `[policy] default = "deny"` refuses is also refused here, before any upstream traffic.
 fn admit(app: &App, target: &Target) -> Result<(), ProxyError> {
-    match app.names.check(&target.name) {
+    match app.policy.names.check(&target.name) {
         NameDecision::Refused(why) => Err(ProxyError::Denied(why)),
-        NameDecision::Allowed(DefaultAction::Deny) => Err(ProxyError::Denied(format!(
-            "{} matches no [[rule]] and [policy] default = \"deny\"; set [policy] default = \"warn\" or \"allow\" to serve it hash-checked only",
-            target.name
-        ))),
+        NameDecision::Allowed(portcullis_policy::DefaultAction::Deny)
+            if app.policy.rules_for(&target.name).is_empty() =>
+        {
+            let v = app.policy.evaluate(&target.name, "<digest>", &[]);
+            Err(ProxyError::Denied(v.message))
+        }
         NameDecision::Allowed(_) => Ok(()),
     }
 }

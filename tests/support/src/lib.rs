@@ -18,8 +18,11 @@
 //! - `containerd`: [`Containerd`] and `hosts.toml`.
 //! - `fault`: [`FaultServer`], an in-process upstream that fails on purpose.
 //! - [`http`]: a small async plain-HTTP client for asserting on responses.
+//! - [`cosign`]: real offline cosign fixtures: key pairs, a test Sigstore (CA, log key,
+//!   `trusted_root.json`, leaves, SET bundles) and [`push_signature`] for `sha256-<hex>.sig`.
 
 mod containerd;
+pub mod cosign;
 mod fault;
 mod fixtures;
 pub mod http;
@@ -29,6 +32,7 @@ mod registry;
 mod tools;
 
 pub use containerd::{write_hosts_toml, Containerd};
+pub use cosign::{push_signature, simple_signing_payload, CosignKey, Leaf, SigLayer, TestSigstore};
 pub use fault::{Fault, FaultServer};
 pub use fixtures::{
     fixtures, manifest_digest_in_registry, push, skopeo_copy, skopeo_copy_all, Fixtures, Image,

@@ -1,0 +1,83 @@
+//! The trust and rule tables of the configuration. The key names are a contract: docs and tests
+//! outside the code rely on them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// `[[trust.key]]` and `[[trust.root]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    #[serde(default, rename = "key")]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default, rename = "root")]
+    pub roots: Vec<RootConfig>,
+}
+
+/// A cosign public key (PEM: ECDSA P-256/384/521, Ed25519 or RSA).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A Sigstore `trusted_root.json`: Fulcio CAs and Rekor log keys. `builtin:public-good` is the
+/// public Sigstore instance's root, bundled into the binary.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootConfig {
+    pub name: String,
+    pub trusted_root: PathBuf,
+}
+
+/// What a failing rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse the image.
+    #[default]
+    Enforce,
+    /// Serve it, and log a warning.
+    Warn,
+    /// Serve it, and record the verdict only.
+    Audit,
+}
+
+/// `[[rule]]`: images it covers, who may vouch for them, and what a failure does.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// Globs on `registry/repository`; `*` within a segment, `**` across segments.
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// How many distinct authorities must accept the image (default 1).
+    pub threshold: Option<usize>,
+    #[serde(default, rename = "authority")]
+    pub authorities: Vec<AuthorityConfig>,
+}
+
+/// `[[rule.authority]]`: a key, or a keyless identity. Exactly one of the two.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    /// The name of a `[[trust.key]]`.
+    pub key: Option<String>,
+    pub keyless: Option<KeylessConfig>,
+}
+
+/// A Fulcio certificate identity, checked offline against a `[[trust.root]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeylessConfig {
+    /// The name of a `[[trust.root]]`.
+    pub root: String,
+    pub issuer: Option<String>,
+    pub issuer_regex: Option<String>,
+    /// The certificate's SAN: an email, or a URI (workflow URLs, SPIFFE IDs).
+    pub subject: Option<String>,
+    pub subject_regex: Option<String>,
+}

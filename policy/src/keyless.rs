@@ -1,0 +1,281 @@
+//! Keyless (Fulcio) verification, offline: the Rekor SET with a log key from the trusted root, the
+//! SET's entry matching this signature, the certificate chain to a Fulcio root at the time the log
+//! integrated the entry, the signature with the certificate's key, and the identity.
+
+use std::time::Duration;
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use regex::Regex;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use sigstore::cosign::bundle::SignedArtifactBundle;
+use sigstore::crypto::CosignVerificationKey;
+use x509_cert::der::asn1::Ia5String;
+use x509_cert::der::oid::ObjectIdentifier;
+use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::Certificate;
+
+use crate::signature::SignatureLayer;
+use crate::trust::Root;
+
+const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
+/// Fulcio's OIDC issuer, legacy form: the raw string as the extension value.
+const OID_ISSUER_V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.1");
+/// Fulcio's OIDC issuer, current form: a DER UTF8String.
+const OID_ISSUER_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.8");
+
+/// Who a certificate names: its OIDC issuer and its SAN subjects (emails and URIs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub issuer: Option<String>,
+    pub subjects: Vec<String>,
+}
+
+/// Exact or regex constraints on an identity.
+pub struct IdentityMatcher {
+    pub issuer: Option<String>,
+    pub issuer_regex: Option<Regex>,
+    pub subject: Option<String>,
+    pub subject_regex: Option<Regex>,
+}
+
+#[derive(Deserialize)]
+struct HashedRekord {
+    kind: String,
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+struct Spec {
+    data: Data,
+    signature: SigSpec,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    hash: Hash,
+}
+
+#[derive(Deserialize)]
+struct Hash {
+    algorithm: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct SigSpec {
+    content: String,
+    #[serde(rename = "publicKey")]
+    public_key: PublicKey,
+}
+
+#[derive(Deserialize)]
+struct PublicKey {
+    content: String,
+}
+
+/// Verifies a keyless signature layer against `root`; the identity it proves on success.
+pub fn verify(layer: &SignatureLayer, root: &Root) -> Result<Identity, String> {
+    let cert_pem = layer
+        .certificate
+        .as_deref()
+        .ok_or("no certificate: a keyed signature cannot satisfy a keyless authority")?;
+    let bundle = layer
+        .bundle
+        .as_deref()
+        .ok_or("no Rekor bundle (SET) on the signature")?;
+    let cert = Certificate::from_pem(cert_pem.as_bytes())
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let cert_der = cert.to_der().map_err(|e| format!("certificate: {e}"))?;
+
+    // 1. The SET: signed by a log key of this root over the entry.
+    let rekor_bundle: serde_json::Value =
+        serde_json::from_str(bundle).map_err(|e| format!("SET invalid: not JSON: {e}"))?;
+    let raw = serde_json::json!({
+        "base64Signature": layer.signature,
+        "cert": cert_pem,
+        "rekorBundle": rekor_bundle,
+    })
+    .to_string();
+    let verified = SignedArtifactBundle::new_verified(&raw, &root.rekor)
+        .map_err(|e| format!("SET invalid: {e}"))?;
+    let payload = &verified.rekor_bundle.payload;
+
+    // 2. The logged entry is this signature, by this certificate, over this payload.
+    check_entry(&payload.body, layer, &cert_der)?;
+
+    // 3. The chain, at the time the log integrated the entry.
+    let integrated = u64::try_from(payload.integrated_time)
+        .map_err(|_| "SET invalid: negative integratedTime".to_owned())?;
+    check_chain(&cert_der, layer.chain.as_deref(), root, integrated)?;
+
+    // 4. The signature, with the certificate's key.
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| format!("certificate key: {e}"))?;
+    let key =
+        CosignVerificationKey::try_from_der(&spki).map_err(|e| format!("certificate key: {e}"))?;
+    layer
+        .check_key(&key)
+        .map_err(|_| "the signature does not verify with the certificate's key".to_owned())?;
+
+    identity(&cert)
+}
+
+fn check_entry(body_b64: &str, layer: &SignatureLayer, cert_der: &[u8]) -> Result<(), String> {
+    let body = STANDARD
+        .decode(body_b64)
+        .map_err(|e| format!("SET invalid: entry body is not base64: {e}"))?;
+    let entry: HashedRekord = serde_json::from_slice(&body)
+        .map_err(|e| format!("SET invalid: entry is not a hashedrekord: {e}"))?;
+    if entry.kind != "hashedrekord" {
+        return Err(format!(
+            "SET invalid: entry kind {:?} is not hashedrekord",
+            entry.kind
+        ));
+    }
+    let payload_hash = hex::encode(Sha256::digest(&layer.payload));
+    if entry.spec.data.hash.algorithm != "sha256" || entry.spec.data.hash.value != payload_hash {
+        return Err("SET invalid: the logged entry is for another payload".into());
+    }
+    let strip = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    if strip(&entry.spec.signature.content) != strip(&layer.signature) {
+        return Err("SET invalid: the logged entry holds another signature".into());
+    }
+    let logged_pem = STANDARD
+        .decode(&entry.spec.signature.public_key.content)
+        .map_err(|e| format!("SET invalid: logged key is not base64: {e}"))?;
+    let logged = Certificate::from_pem(&logged_pem)
+        .and_then(|c| c.to_der())
+        .map_err(|e| format!("SET invalid: logged certificate: {e}"))?;
+    if logged != cert_der {
+        return Err("SET invalid: the logged entry names another certificate".into());
+    }
+    Ok(())
+}
+
+fn check_chain(
+    cert_der: &[u8],
+    chain_pem: Option<&str>,
+    root: &Root,
+    at: u64,
+) -> Result<(), String> {
+    let leaf = CertificateDer::from(cert_der.to_vec());
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("certificate: {e:?}"))?;
+    let anchors = root
+        .cas
+        .iter()
+        .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+        .collect::<Vec<_>>();
+    let mut intermediates: Vec<CertificateDer<'static>> = Vec::new();
+    if let Some(pem) = chain_pem {
+        for c in Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| format!("chain: {e}"))? {
+            intermediates.push(CertificateDer::from(
+                c.to_der().map_err(|e| format!("chain: {e}"))?,
+            ));
+        }
+    }
+    let time = UnixTime::since_unix_epoch(Duration::from_secs(at));
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &intermediates,
+        time,
+        webpki::KeyUsage::required(EKU_CODE_SIGNING),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| match e {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            format!("certificate outside its validity at log time (integratedTime {at}): {e:?}")
+        }
+        e => format!("certificate does not chain to a Fulcio CA of this root: {e:?}"),
+    })
+}
+
+/// Reads the OIDC issuer (both Fulcio extensions) and the SAN emails and URIs.
+pub fn identity(cert: &Certificate) -> Result<Identity, String> {
+    let mut id = Identity::default();
+    for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
+        let value = ext.extn_value.as_bytes();
+        if ext.extn_id == OID_ISSUER_V2 {
+            id.issuer = String::from_der(value).ok().or(id.issuer);
+        } else if ext.extn_id == OID_ISSUER_V1 && id.issuer.is_none() {
+            id.issuer = std::str::from_utf8(value).ok().map(str::to_owned);
+        } else if ext.extn_id == OID_SAN {
+            let san = SubjectAltName::from_der(value).map_err(|e| format!("SAN: {e}"))?;
+            for name in san.0 {
+                match name {
+                    GeneralName::Rfc822Name(s) | GeneralName::UniformResourceIdentifier(s) => {
+                        id.subjects.push(ia5(&s))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(id)
+}
+
+fn ia5(s: &Ia5String) -> String {
+    s.to_string()
+}
+
+impl IdentityMatcher {
+    /// Why `id` does not satisfy these constraints, if it does not.
+    pub fn check(&self, id: &Identity) -> Result<(), String> {
+        let issuer = id.issuer.as_deref().unwrap_or("");
+        if let Some(want) = &self.issuer {
+            if issuer != want {
+                return Err(format!(
+                    "identity mismatch: issuer {issuer:?} is not {want:?}"
+                ));
+            }
+        }
+        if let Some(re) = &self.issuer_regex {
+            if !re.is_match(issuer) {
+                return Err(format!(
+                    "identity mismatch: issuer {issuer:?} does not match /{re}/"
+                ));
+            }
+        }
+        if let Some(want) = &self.subject {
+            if !id.subjects.iter().any(|s| s == want) {
+                return Err(format!(
+                    "identity mismatch: subject {:?} is not {want:?}",
+                    id.subjects
+                ));
+            }
+        }
+        if let Some(re) = &self.subject_regex {
+            if !id.subjects.iter().any(|s| re.is_match(s)) {
+                return Err(format!(
+                    "identity mismatch: subject {:?} does not match /{re}/",
+                    id.subjects
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        let issuer = self
+            .issuer
+            .clone()
+            .or_else(|| self.issuer_regex.as_ref().map(|r| format!("/{r}/")))
+            .unwrap_or_else(|| "any".into());
+        let subject = self
+            .subject
+            .clone()
+            .or_else(|| self.subject_regex.as_ref().map(|r| format!("/{r}/")))
+            .unwrap_or_else(|| "any".into());
+        format!("issuer {issuer}, subject {subject}")
+    }
+}

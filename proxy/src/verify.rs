@@ -1,0 +1,103 @@
+//! `portcullis verify <image-ref>`: resolve, fetch the signatures, evaluate the policy, and say
+//! why. The same code path as a pull, with a throw-away cache so that it can run beside a
+//! serving instance.
+
+use portcullis_cache::Digest;
+use portcullis_policy::{Decision, NameDecision, Verdict};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::handlers::{gate, manifests, Accept, Outcome};
+use crate::route::{parse_digest, Reference};
+
+/// Splits `registry/repo[:tag][@digest]` (the tag defaults to `latest`).
+pub fn parse_image_ref(image: &str) -> Result<(String, Reference), String> {
+    if let Some((name, digest)) = image.split_once('@') {
+        let d: Digest = parse_digest(digest).map_err(|e| e.to_string())?;
+        let name = name
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or(name, |(n, _)| n);
+        return Ok((name.to_owned(), Reference::Digest(d)));
+    }
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => {
+            Ok((name.to_owned(), Reference::Tag(tag.to_owned())))
+        }
+        _ => Ok((image.to_owned(), Reference::Tag("latest".to_owned()))),
+    }
+}
+
+/// Evaluates the policy for `image`. `Err` for a failure that is no verdict (bad reference,
+/// upstream down, unknown image).
+pub async fn verify(mut config: Config, image: &str) -> Result<Verdict, String> {
+    let scratch = std::env::temp_dir().join(format!("portcullis-verify-{}", std::process::id()));
+    config.cache.dir = scratch.clone();
+    let result = run(config, image).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn run(config: Config, image: &str) -> Result<Verdict, String> {
+    let app = App::new(config)?;
+    let (name, reference) = parse_image_ref(image)?;
+    let target = app.router.route(&name, None).map_err(|e| e.to_string())?;
+    if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
+        return Ok(Verdict {
+            name: target.name,
+            digest: reference.to_string(),
+            decision: Decision::Deny,
+            rules: Vec::new(),
+            message: why,
+        });
+    }
+    let mut outcome = Outcome::default();
+    let accept = Accept::default();
+    let digest = match &reference {
+        Reference::Tag(tag) => {
+            manifests::resolve_tag(&app, &target, tag, &accept, &mut outcome)
+                .await
+                .map_err(|e| e.to_string())?
+                .0
+        }
+        Reference::Digest(d) => {
+            manifests::by_digest(&app, &target, d, &accept, &mut outcome)
+                .await
+                .map_err(|e| e.to_string())?;
+            d.clone()
+        }
+    };
+    let verdict = gate::verdict(&app, &target, &digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((*verdict).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_references() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            parse_image_ref("127.0.0.1:5001/test/app:v1").unwrap(),
+            (
+                "127.0.0.1:5001/test/app".into(),
+                Reference::Tag("v1".into())
+            )
+        );
+        assert_eq!(
+            parse_image_ref("127.0.0.1:5001/test/app").unwrap(),
+            (
+                "127.0.0.1:5001/test/app".into(),
+                Reference::Tag("latest".into())
+            )
+        );
+        assert_eq!(
+            parse_image_ref(&format!("alpine:3@{d}")).unwrap(),
+            ("alpine".into(), Reference::Digest(d.parse().unwrap()))
+        );
+        assert!(parse_image_ref("x@sha256:nope").is_err());
+    }
+}
