@@ -1,0 +1,109 @@
+//! The CPU cost of a cold verification: one keyed and one keyless (SET + chain at log time +
+//! identity) signature evaluated against a rule, with artifacts already fetched. The warm path is
+//! a verdict-cache hit and never reaches this code.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis_policy::{
+    AuthorityConfig, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy, RootConfig,
+    RuleConfig, SignatureLayer, TrustConfig,
+};
+use portcullis_testkit::cosign::{simple_signing_payload, CosignKey, TestSigstore};
+
+fn rule(name: &str, image: &str, authority: AuthorityConfig) -> RuleConfig {
+    RuleConfig {
+        name: name.into(),
+        images: vec![image.into()],
+        mode: Mode::Enforce,
+        threshold: None,
+        authorities: vec![authority],
+    }
+}
+
+fn evaluate(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = CosignKey::generate();
+    key.write_public(&dir.path().join("k.pub"));
+    let sigstore = TestSigstore::new();
+    std::fs::write(dir.path().join("root.json"), sigstore.trusted_root_json()).unwrap();
+    let trust = TrustConfig {
+        keys: vec![KeyConfig {
+            name: "release".into(),
+            path: dir.path().join("k.pub"),
+        }],
+        roots: vec![RootConfig {
+            name: "test".into(),
+            trusted_root: dir.path().join("root.json"),
+        }],
+    };
+    let rules = vec![
+        rule(
+            "keyed",
+            "r.test/keyed",
+            AuthorityConfig {
+                key: Some("release".into()),
+                keyless: None,
+            },
+        ),
+        rule(
+            "keyless",
+            "r.test/keyless",
+            AuthorityConfig {
+                key: None,
+                keyless: Some(KeylessConfig {
+                    root: "test".into(),
+                    issuer: Some("https://issuer.test".into()),
+                    issuer_regex: None,
+                    subject: None,
+                    subject_regex: Some("^builder@".into()),
+                }),
+            },
+        ),
+    ];
+    let policy = Policy::new(&NamePolicyConfig::default(), &trust, &rules).unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+
+    let payload = simple_signing_payload("r.test/keyed", &digest);
+    let keyed = vec![SignatureLayer {
+        signature: key.sign(&payload),
+        payload,
+        ..SignatureLayer::default()
+    }];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let payload = simple_signing_payload("r.test/keyless", &digest);
+    let leaf = sigstore.issue_leaf(
+        "builder@example.test",
+        "https://issuer.test",
+        now - 60,
+        now + 600,
+    );
+    let signature = leaf.sign(&payload);
+    let keyless = vec![SignatureLayer {
+        bundle: Some(sigstore.set_bundle(&payload, &signature, &leaf.cert_pem, now)),
+        certificate: Some(leaf.cert_pem.clone()),
+        signature,
+        payload,
+        chain: None,
+    }];
+    assert_eq!(
+        policy.evaluate("r.test/keyed", &digest, &keyed).decision,
+        portcullis_policy::Decision::Allow
+    );
+    assert_eq!(
+        policy
+            .evaluate("r.test/keyless", &digest, &keyless)
+            .decision,
+        portcullis_policy::Decision::Allow
+    );
+    c.bench_function("verify keyed signature", |b| {
+        b.iter(|| policy.evaluate("r.test/keyed", &digest, &keyed))
+    });
+    c.bench_function("verify keyless signature (SET, chain, identity)", |b| {
+        b.iter(|| policy.evaluate("r.test/keyless", &digest, &keyless))
+    });
+}
+
+criterion_group!(benches, evaluate);
+criterion_main!(benches);
