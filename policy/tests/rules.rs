@@ -1,0 +1,251 @@
+//! Rule semantics on real signatures minted at test time: thresholds, regex and URI identities,
+//! several signature layers, and checks bound to one layer.
+
+use portcullis_policy::{
+    AuthorityConfig, Decision, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy,
+    RootConfig, RuleConfig, SignatureLayer, TrustConfig,
+};
+use portcullis_testkit::cosign::{simple_signing_payload, CosignKey, TestSigstore};
+
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    keys: Vec<CosignKey>,
+    sigstore: TestSigstore,
+    trust: TrustConfig,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = vec![CosignKey::generate(), CosignKey::generate()];
+    let mut trust = TrustConfig::default();
+    for (i, k) in keys.iter().enumerate() {
+        let path = dir.path().join(format!("k{i}.pub"));
+        k.write_public(&path);
+        trust.keys.push(KeyConfig {
+            name: format!("k{i}"),
+            path,
+        });
+    }
+    let sigstore = TestSigstore::new();
+    let root = dir.path().join("root.json");
+    std::fs::write(&root, sigstore.trusted_root_json()).unwrap();
+    trust.roots.push(RootConfig {
+        name: "test".into(),
+        trusted_root: root,
+    });
+    Fixture {
+        _dir: dir,
+        keys,
+        sigstore,
+        trust,
+    }
+}
+
+fn key(name: &str) -> AuthorityConfig {
+    AuthorityConfig {
+        key: Some(name.into()),
+        keyless: None,
+    }
+}
+
+fn keyless(issuer: &str, subject_regex: &str) -> AuthorityConfig {
+    AuthorityConfig {
+        key: None,
+        keyless: Some(KeylessConfig {
+            root: "test".into(),
+            issuer: Some(issuer.into()),
+            issuer_regex: None,
+            subject: None,
+            subject_regex: Some(subject_regex.into()),
+        }),
+    }
+}
+
+fn policy(f: &Fixture, threshold: Option<usize>, authorities: Vec<AuthorityConfig>) -> Policy {
+    let rule = RuleConfig {
+        name: "r".into(),
+        images: vec!["reg.test/**".into()],
+        mode: Mode::Enforce,
+        threshold,
+        authorities,
+    };
+    Policy::new(&NamePolicyConfig::default(), &f.trust, &[rule]).unwrap()
+}
+
+fn keyed_layer(k: &CosignKey, digest: &str) -> SignatureLayer {
+    let payload = simple_signing_payload("reg.test/app", digest);
+    SignatureLayer {
+        signature: k.sign(&payload),
+        payload,
+        ..SignatureLayer::default()
+    }
+}
+
+fn keyless_layer(f: &Fixture, identity: &str, issuer: &str) -> SignatureLayer {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let payload = simple_signing_payload("reg.test/app", DIGEST);
+    let leaf = f.sigstore.issue_leaf(identity, issuer, now - 60, now + 600);
+    let signature = leaf.sign(&payload);
+    SignatureLayer {
+        bundle: Some(
+            f.sigstore
+                .set_bundle(&payload, &signature, &leaf.cert_pem, now),
+        ),
+        certificate: Some(leaf.cert_pem.clone()),
+        signature,
+        payload,
+        chain: None,
+    }
+}
+
+#[test]
+fn a_threshold_needs_distinct_authorities() {
+    let f = fixture();
+    let p = policy(&f, Some(2), vec![key("k0"), key("k1")]);
+    let one = vec![keyed_layer(&f.keys[0], DIGEST)];
+    let v = p.evaluate("reg.test/app", DIGEST, &one);
+    assert_eq!(v.decision, Decision::Deny);
+    assert!(v.message.contains("needs 2 of 2"), "{}", v.message);
+    let both = vec![
+        keyed_layer(&f.keys[0], DIGEST),
+        keyed_layer(&f.keys[1], DIGEST),
+    ];
+    assert_eq!(
+        p.evaluate("reg.test/app", DIGEST, &both).decision,
+        Decision::Allow
+    );
+    // The same key twice is still one authority.
+    let twice = vec![
+        keyed_layer(&f.keys[0], DIGEST),
+        keyed_layer(&f.keys[0], DIGEST),
+    ];
+    assert_eq!(
+        p.evaluate("reg.test/app", DIGEST, &twice).decision,
+        Decision::Deny
+    );
+}
+
+#[test]
+fn a_key_must_sign_the_layer_that_binds_the_digest() {
+    let f = fixture();
+    let p = policy(&f, None, vec![key("k0")]);
+    // One layer binds the digest but is signed by an unknown key; another is signed by the
+    // trusted key but for another image. Neither alone proves anything.
+    let layers = vec![
+        keyed_layer(&f.keys[1], DIGEST),
+        keyed_layer(&f.keys[0], OTHER),
+    ];
+    let v = p.evaluate("reg.test/app", DIGEST, &layers);
+    assert_eq!(v.decision, Decision::Deny);
+    assert!(
+        v.message.contains("signature by an unknown key"),
+        "{}",
+        v.message
+    );
+    assert!(
+        v.message.contains("digest mismatch in the payload"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
+    let f = fixture();
+    let p = policy(
+        &f,
+        None,
+        vec![keyless(
+            "https://spire.test",
+            "^spiffe://prod\\.test/ns/ci/",
+        )],
+    );
+    let good = vec![keyless_layer(
+        &f,
+        "spiffe://prod.test/ns/ci/sa/builder",
+        "https://spire.test",
+    )];
+    let v = p.evaluate("reg.test/app", DIGEST, &good);
+    assert_eq!(v.decision, Decision::Allow, "{}", v.message);
+    assert!(
+        v.message.contains("spiffe://prod.test/ns/ci/sa/builder"),
+        "{}",
+        v.message
+    );
+    let bad = vec![keyless_layer(
+        &f,
+        "spiffe://dev.test/ns/ci/sa/builder",
+        "https://spire.test",
+    )];
+    let v = p.evaluate("reg.test/app", DIGEST, &bad);
+    assert!(v.message.contains("identity mismatch"), "{}", v.message);
+    let wrong_issuer = vec![keyless_layer(
+        &f,
+        "spiffe://prod.test/ns/ci/sa/b",
+        "https://evil.test",
+    )];
+    let v = p.evaluate("reg.test/app", DIGEST, &wrong_issuer);
+    assert!(
+        v.message.contains("issuer \"https://evil.test\""),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn a_keyed_signature_cannot_satisfy_a_keyless_authority() {
+    let f = fixture();
+    let p = policy(&f, None, vec![keyless("https://issuer.test", ".*")]);
+    let v = p.evaluate("reg.test/app", DIGEST, &[keyed_layer(&f.keys[0], DIGEST)]);
+    assert_eq!(v.decision, Decision::Deny);
+    assert!(v.message.contains("no certificate"), "{}", v.message);
+}
+
+#[test]
+fn a_root_from_another_instance_is_refused() {
+    let f = fixture();
+    let p = policy(&f, None, vec![keyless("https://issuer.test", ".*")]);
+    let stranger = fixture();
+    let v = p.evaluate(
+        "reg.test/app",
+        DIGEST,
+        &[keyless_layer(&stranger, "a@b.test", "https://issuer.test")],
+    );
+    assert_eq!(v.decision, Decision::Deny);
+    assert!(v.message.contains("SET invalid"), "{}", v.message);
+}
+
+#[test]
+fn bad_rules_are_refused_at_load() {
+    let f = fixture();
+    let bad = |authorities: Vec<AuthorityConfig>, threshold: Option<usize>| {
+        let rule = RuleConfig {
+            name: "r".into(),
+            images: vec!["x/**".into()],
+            mode: Mode::Enforce,
+            threshold,
+            authorities,
+        };
+        Policy::new(&NamePolicyConfig::default(), &f.trust, &[rule])
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(bad(vec![key("nope")], None).contains("not a [[trust.key]]"));
+    assert!(bad(vec![key("k0")], Some(2)).contains("threshold"));
+    assert!(bad(vec![], None).contains("no [[rule.authority]]"));
+    assert!(bad(
+        vec![AuthorityConfig {
+            key: None,
+            keyless: None
+        }],
+        None
+    )
+    .contains("exactly one"));
+}
