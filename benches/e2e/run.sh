@@ -116,6 +116,9 @@ declare -A COLD WARM RPS PARW RSS UPGETS
 bench_proxy() {
   local name=$1 base=$2; shift 2
   local big="$base/v2/$REPO/blobs/$BIG_DGST" small="$base/v2/$REPO/blobs/$SMALL_DGST" runs=() i n0
+  # Clients fetch the manifest first; portcullis serves a blob only for a manifest that passed.
+  curl -sf -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "$base/v2/$REPO/manifests/v1" || die "$name: GET manifest failed"
   n0="$(upstream_gets)"
   log "$name: cold 200 MiB"
   COLD[$name]="$(timed_get "$big" "$BIG_SIZE")"
