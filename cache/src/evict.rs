@@ -72,6 +72,20 @@ impl Store {
         Ok(done)
     }
 
+    /// Removes blobs no held manifest references (left by interrupted imports or evicted
+    /// manifests).
+    pub fn gc_unreferenced(&self) -> Result<Evicted, Error> {
+        let (candidates, refcount, _) = self.census()?;
+        let mut done = Evicted::default();
+        for c in candidates.iter().filter(|c| !c.is_manifest) {
+            if refcount.get(&c.digest).copied().unwrap_or(0) == 0 {
+                done.bytes += self.delete(&c.digest, false)?;
+                done.items += 1;
+            }
+        }
+        Ok(done)
+    }
+
     #[allow(clippy::type_complexity)]
     fn census(
         &self,

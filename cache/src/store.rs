@@ -213,6 +213,32 @@ impl Store {
         Ok(self.db.get(keys::meta(namespace, key))?)
     }
 
+    /// Every tag mapping held: `(repository, tag key, record)`.
+    pub fn tags(&self) -> Result<Vec<(String, String, TagRecord)>, Error> {
+        let mut out = Vec::new();
+        let prefix = b"t/";
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix) else {
+                break;
+            };
+            let text = String::from_utf8_lossy(rest);
+            let Some((repo, tag)) = text.split_once('\0') else {
+                continue;
+            };
+            if let Ok(rec) = serde_json::from_slice(&v) {
+                out.push((repo.to_owned(), tag.to_owned(), rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Last access of `digest`, milliseconds since the epoch (0 if never recorded).
+    pub fn accessed_ms(&self, digest: &Digest) -> u64 {
+        self.last_access(digest)
+    }
+
     /// Starts writing a blob. Nothing is visible until [`BlobWriter::commit`] has checked the
     /// digest; a writer dropped before that leaves nothing behind.
     pub fn blob_writer(

@@ -23,6 +23,13 @@ pub struct App {
 }
 
 impl App {
+    /// An air-gapped mirror: the cache is all there is.
+    pub fn offline(&self) -> bool {
+        self.config.server.offline
+    }
+}
+
+impl App {
     /// Opens the cache and builds the upstream clients.
     pub fn new(config: Config) -> Result<App, String> {
         let store = Store::open(&StoreConfig {
@@ -39,12 +46,12 @@ impl App {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u).map(Arc::new))
+            .map(|u| Upstream::new(u, config.server.offline).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let default = config.upstreams.iter().position(|u| u.default);
         let policy = config.policy_engine()?;
         Ok(App {
-            router: Router::new(upstreams, default),
+            router: Router::new(upstreams, default, config.server.offline),
             policy,
             verdicts: Cache::new(100_000),
             store,

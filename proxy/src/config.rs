@@ -31,6 +31,17 @@ pub struct Config {
     /// `[[rule]]`s: who must have signed which images.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// `[[mirror]]`: what `portcullis mirror` pulls, verifies and exports.
+    #[serde(default, rename = "mirror")]
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// `[[mirror]]`: images for the connected side of an air gap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// `registry/repository:tag` references.
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +54,8 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// An air-gapped mirror: never contact an upstream; serve what the cache holds.
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +140,7 @@ impl Default for ServerConfig {
             listen: ([127, 0, 0, 1], 5000).into(),
             max_manifest_size: ByteSize::mib(4),
             shutdown_grace: Duration::from_secs(30),
+            offline: false,
         }
     }
 }
@@ -215,6 +229,24 @@ impl Config {
 }
 
 impl UpstreamConfig {
+    /// Stands in for a registry an offline mirror holds content of but has no `[[upstream]]`
+    /// for: it names the cache namespace and is never contacted.
+    pub fn offline_placeholder(name: &str) -> Result<UpstreamConfig, String> {
+        Ok(UpstreamConfig {
+            name: name.to_owned(),
+            url: Url::parse(&format!("https://{name}")).map_err(|e| format!("{name}: {e}"))?,
+            default: false,
+            username_env: None,
+            username_file: None,
+            password_env: None,
+            password_file: None,
+            ca_file: None,
+            connect_timeout: defaults::connect_timeout(),
+            read_timeout: defaults::read_timeout(),
+            timeout: defaults::timeout(),
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
         let ctx = format!("[[upstream]] {:?}", self.name);
         let host_ok = !self.name.is_empty()

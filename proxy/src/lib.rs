@@ -13,8 +13,10 @@
 //! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-while-streaming body.
 //! - [`error`]: the one place errors become OCI error JSON.
 //! - [`server`] and [`log`]: the listener, the request stack and the request log.
+//! - [`airgap`]: import, export and mirror of OCI layouts; `cache ls` and `cache gc`.
 //! - [`verify`]: `portcullis verify`, the policy's verdict on one image, with reasons.
 
+pub mod airgap;
 pub mod app;
 pub mod body;
 pub mod config;

@@ -26,6 +26,41 @@ enum Command {
         /// 127.0.0.1:5000).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Air-gapped: never contact an upstream, serve the cache only.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Import an OCI image layout (a directory or a .tar), verifying every image against the
+    /// policy; only what passes is imported. Exits 1 if anything was rejected.
+    Import {
+        path: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The `registry/repository` of entries whose ref name is a bare tag.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Export images (`registry/repo:tag`) and their signatures from the cache into an OCI
+    /// layout directory, or a tar when OUTPUT ends in .tar.
+    Export {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(long, short)]
+        output: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Pull and verify the `[[mirror]]` images of the config, then export them.
+    Mirror {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Inspect or collect the cache (stop the server first: the cache is a RocksDB directory).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
     },
     /// Resolve an image, fetch its signatures, evaluate the policy and print the verdict with its
     /// reasons. Exits 0 when the image would be served, 1 when it would be denied.
@@ -45,6 +80,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List held tags: name:tag, digest, bytes, verdict, last access.
+    Ls {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Evict to the configured size and remove unreferenced blobs.
+    Gc {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -60,13 +109,93 @@ fn main() -> ExitCode {
             config,
             json,
         } => return load(config.as_deref()).map_or_else(fail, |c| verify(c, &image, json)),
-        Command::Serve { config } => load(config.as_deref()).and_then(serve),
+        Command::Serve { config, offline } => load(config.as_deref()).and_then(|mut c| {
+            c.server.offline |= offline;
+            serve(c)
+        }),
+        Command::Import { path, config, name } => {
+            return run_app(config.as_deref(), |app, _| {
+                let lines = portcullis::airgap::import::import(&app, &path, name.as_deref())?;
+                for l in &lines {
+                    println!("{l}");
+                }
+                Ok(lines.iter().all(|l| l.outcome != "rejected"))
+            })
+        }
+        Command::Export {
+            images,
+            output,
+            config,
+        } => {
+            return run_app(config.as_deref(), |app, _| {
+                for r in portcullis::airgap::export::export(&app, &images, &output)? {
+                    println!("exported {r}");
+                }
+                Ok(true)
+            })
+        }
+        Command::Mirror { config, output } => {
+            return run_app(Some(&config), |app, rt| {
+                let (lines, ok) = rt.block_on(portcullis::airgap::mirror::mirror(&app, &output))?;
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(ok)
+            })
+        }
+        Command::Cache { action } => {
+            let (config, gc) = match action {
+                CacheAction::Ls { config } => (config, false),
+                CacheAction::Gc { config } => (config, true),
+            };
+            return run_app(config.as_deref(), |app, _| {
+                if gc {
+                    println!("{}", portcullis::airgap::admin::gc(&app)?);
+                } else {
+                    for l in portcullis::airgap::admin::ls(&app)? {
+                        println!("{l}");
+                    }
+                }
+                Ok(true)
+            });
+        }
         Command::CheckConfig { config } => load(Some(&config)).map(|_| {
             println!("{}: ok", config.display());
         }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Runs a command on an [`App`] built from the config (inside a runtime, for the blocking pool
+/// and timers the cache and fetches use): 0 when it returns `Ok(true)`, 1 for `Ok(false)`, 2 for
+/// an error.
+fn run_app(
+    config: Option<&std::path::Path>,
+    f: impl FnOnce(App, &tokio::runtime::Runtime) -> Result<bool, String>,
+) -> ExitCode {
+    let result = load(config).and_then(|c| {
+        let rt = runtime()?;
+        let app = {
+            let _guard = rt.enter();
+            App::new(c)?
+        };
+        let out = f(app, &rt);
+        rt.shutdown_background();
+        out
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => fail(e),
     }
 }

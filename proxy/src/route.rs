@@ -4,12 +4,13 @@
 //! configured upstream (`/v2/<registry-host>/<repo>/…`), then the default upstream. docker.io
 //! names with one segment become `library/<name>`.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use portcullis_cache::{Digest, DigestError};
 use regex::Regex;
 
+use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::upstream::Upstream;
 
@@ -131,16 +132,48 @@ pub fn validate_repo(name: &str) -> Result<(), ProxyError> {
 pub struct Router {
     upstreams: Vec<Arc<Upstream>>,
     default: Option<Arc<Upstream>>,
+    /// Offline: registries with no `[[upstream]]` still name cache namespaces.
+    offline: bool,
+    placeholders: Mutex<HashMap<String, Arc<Upstream>>>,
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<Arc<Upstream>>, default: Option<usize>) -> Router {
+    pub fn new(upstreams: Vec<Arc<Upstream>>, default: Option<usize>, offline: bool) -> Router {
         let default = default.map(|i| Arc::clone(&upstreams[i]));
-        Router { upstreams, default }
+        Router {
+            upstreams,
+            default,
+            offline,
+            placeholders: Mutex::default(),
+        }
     }
 
-    fn by_name(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.upstreams.iter().find(|u| u.name == name)
+    fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
+        if let Some(up) = self.upstreams.iter().find(|u| u.name == name) {
+            return Some(Arc::clone(up));
+        }
+        if !self.offline {
+            return None;
+        }
+        let mut held = self.placeholders.lock().expect("placeholder lock");
+        if let Some(up) = held.get(name) {
+            return Some(Arc::clone(up));
+        }
+        let cfg = UpstreamConfig::offline_placeholder(name).ok()?;
+        let up = Arc::new(Upstream::new(&cfg, true).ok()?);
+        held.insert(name.to_owned(), Arc::clone(&up));
+        Some(up)
+    }
+
+    /// Offline and with no default upstream: split a name as a docker reference would.
+    fn docker_split(&self, name: &str) -> Option<(Arc<Upstream>, String)> {
+        let (first, rest) = name.split_once('/').unwrap_or(("", name));
+        let is_host = first.contains('.') || first.contains(':') || first == "localhost";
+        if is_host {
+            Some((self.by_name(first)?, rest.to_owned()))
+        } else {
+            Some((self.by_name("docker.io")?, name.to_owned()))
+        }
     }
 
     /// Picks the upstream and normalises the name.
@@ -151,20 +184,27 @@ impl Router {
                     "no [[upstream]] named {ns:?} is configured (from ?ns={ns})"
                 ))
             })?;
-            (up, client_name)
+            (up, client_name.to_owned())
         } else if let Some((first, rest)) = client_name
             .split_once('/')
-            .and_then(|(f, r)| self.by_name(f).map(|u| (u, r)))
+            .and_then(|(f, r)| self.upstreams.iter().any(|u| u.name == f).then_some((f, r)))
+            .and_then(|(f, r)| self.by_name(f).map(|u| (u, r.to_owned())))
         {
             (first, rest)
+        } else if let Some(up) = &self.default {
+            (Arc::clone(up), client_name.to_owned())
+        } else if let Some(split) = self
+            .offline
+            .then(|| self.docker_split(client_name))
+            .flatten()
+        {
+            split
         } else {
-            let up = self.default.as_ref().ok_or_else(|| {
-                ProxyError::NameUnknown(format!(
-                    "{client_name}: no registry prefix or ?ns= names a configured [[upstream]], and none is the default"
-                ))
-            })?;
-            (up, client_name)
+            return Err(ProxyError::NameUnknown(format!(
+                "{client_name}: no registry prefix or ?ns= names a configured [[upstream]], and none is the default"
+            )));
         };
+        let repo = repo.as_str();
         validate_repo(repo)?;
         let repo = if upstream.name == "docker.io" && !repo.contains('/') {
             format!("library/{repo}")
@@ -172,7 +212,7 @@ impl Router {
             repo.to_owned()
         };
         Ok(Target {
-            upstream: Arc::clone(upstream),
+            upstream: Arc::clone(&upstream),
             name: format!("{}/{repo}", upstream.name),
             repo,
             client_name: client_name.to_owned(),

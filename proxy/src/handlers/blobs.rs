@@ -23,7 +23,7 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     gate::check_blob(app, target, digest)?;
     if app.store.has_blob(digest)?.is_some() {
-        if !app.store.is_linked(&target.name, digest)? {
+        if !app.offline() && !app.store.is_linked(&target.name, digest)? {
             // Held for another repository: serve it here only if this one has it upstream too.
             upstream_head(target, digest).await?;
             app.store.link(&target.name, digest)?;
@@ -32,6 +32,12 @@ pub async fn serve(
             outcome.cache = "hit";
             return cached(blob, digest, range, head);
         }
+    }
+    if app.offline() {
+        return Err(ProxyError::BlobUnknown(format!(
+            "{}@{digest} is not held, and this mirror is offline",
+            target.name
+        )));
     }
     if head {
         outcome.cache = "miss";

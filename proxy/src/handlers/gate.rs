@@ -26,26 +26,42 @@ const MAX_SIGNATURES: usize = 32;
 /// A simple-signing payload is a few hundred bytes.
 const MAX_PAYLOAD: usize = 256 * 1024;
 
-const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
-const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
-const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
-const ANN_BUNDLE: &str = "dev.sigstore.cosign/bundle";
+pub(crate) const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub(crate) const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+pub(crate) const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+pub(crate) const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
+pub(crate) const ANN_BUNDLE: &str = "dev.sigstore.cosign/bundle";
 
 #[derive(Deserialize)]
-struct SigManifest {
+pub(crate) struct SigManifest {
     #[serde(default)]
-    layers: Vec<SigDescriptor>,
+    pub(crate) layers: Vec<SigDescriptor>,
 }
 
 #[derive(Deserialize)]
-struct SigDescriptor {
+pub(crate) struct SigDescriptor {
     #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: String,
-    size: u64,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
     #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
+    pub(crate) annotations: std::collections::HashMap<String, String>,
+}
+
+impl SigDescriptor {
+    /// The signature layer this descriptor describes, given its payload.
+    pub(crate) fn layer(&self, payload: Vec<u8>) -> Option<SignatureLayer> {
+        if self.media_type != SIMPLE_SIGNING {
+            return None;
+        }
+        Some(SignatureLayer {
+            payload,
+            signature: self.annotations.get(ANN_SIGNATURE)?.clone(),
+            certificate: self.annotations.get(ANN_CERTIFICATE).cloned(),
+            chain: self.annotations.get(ANN_CHAIN).cloned(),
+            bundle: self.annotations.get(ANN_BUNDLE).cloned(),
+        })
+    }
 }
 
 /// Whether `tag` names a cosign artifact (`sha256-<hex>.sig` or `.att`): verification material,
@@ -88,6 +104,25 @@ pub async fn verdict(
     );
     remember(app, key, &v)?;
     Ok(v)
+}
+
+/// Records a verdict made elsewhere (an import) as if this instance had made it.
+pub fn store_verdict(
+    app: &App,
+    name: &str,
+    digest: &Digest,
+    verdict: Verdict,
+) -> Result<(), ProxyError> {
+    remember(app, verdict_key(app, name, digest), &Arc::new(verdict))
+}
+
+/// The verdict held for `name@digest` under the current policy, if any.
+pub fn held_verdict(app: &App, name: &str, digest: &Digest) -> Option<Verdict> {
+    let raw = app
+        .store
+        .meta("verdict", &verdict_key(app, name, digest))
+        .ok()??;
+    serde_json::from_slice(&raw).ok()
 }
 
 fn verdict_key(app: &App, name: &str, digest: &Digest) -> String {
@@ -204,9 +239,6 @@ async fn signatures(
         .filter(|d| d.media_type == SIMPLE_SIGNING)
         .take(MAX_SIGNATURES)
     {
-        let Some(signature) = d.annotations.get(ANN_SIGNATURE) else {
-            continue;
-        };
         let Ok(payload_digest) = d.digest.parse::<Digest>() else {
             continue;
         };
@@ -214,13 +246,7 @@ async fn signatures(
             continue;
         }
         let payload = payload(app, target, &payload_digest).await?;
-        layers.push(SignatureLayer {
-            payload: payload.to_vec(),
-            signature: signature.clone(),
-            certificate: d.annotations.get(ANN_CERTIFICATE).cloned(),
-            chain: d.annotations.get(ANN_CHAIN).cloned(),
-            bundle: d.annotations.get(ANN_BUNDLE).cloned(),
-        });
+        layers.extend(d.layer(payload.to_vec()));
     }
     open_gate(app, target, &sig.refs)?;
     Ok(layers)

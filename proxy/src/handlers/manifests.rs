@@ -20,14 +20,35 @@ const DEFAULT_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Just the fields that name other content, in either Docker or OCI manifests and indexes.
 #[derive(Deserialize)]
-struct Refs {
+pub(crate) struct Refs {
     #[serde(rename = "mediaType")]
-    media_type: Option<String>,
+    pub(crate) media_type: Option<String>,
     config: Option<Descriptor>,
     #[serde(default)]
     layers: Vec<Descriptor>,
     #[serde(default)]
     manifests: Vec<Descriptor>,
+}
+
+impl Refs {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Refs, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))
+    }
+
+    /// Blobs: the config and the layers.
+    pub(crate) fn blobs(&self) -> Result<Vec<Digest>, String> {
+        digests(self.config.iter().chain(&self.layers))
+    }
+
+    /// Child manifests, for an index.
+    pub(crate) fn children(&self) -> Result<Vec<Digest>, String> {
+        digests(self.manifests.iter())
+    }
+}
+
+fn digests<'a>(ds: impl Iterator<Item = &'a Descriptor>) -> Result<Vec<Digest>, String> {
+    ds.map(|d| d.digest.parse().map_err(|e| format!("bad digest: {e}")))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -84,10 +105,13 @@ pub(crate) async fn by_digest(
     outcome: &mut Outcome,
 ) -> Result<Manifest, ProxyError> {
     if let Some(m) = app.store.manifest(digest)? {
-        if app.store.is_linked(&target.name, digest)? {
+        if app.offline() || app.store.is_linked(&target.name, digest)? {
             outcome.cache = "hit";
             return Ok(m);
         }
+    }
+    if app.offline() {
+        return Err(offline_miss(&format!("{}@{digest}", target.name)));
     }
     outcome.cache = "miss";
     let (_, m) = fetch(app, target, &digest.to_string(), Some(digest), accept).await?;
@@ -105,6 +129,18 @@ pub(crate) async fn resolve_tag(
 ) -> Result<(Digest, Manifest), ProxyError> {
     let key = accept.tag_key(tag);
     let cache = &app.config.cache;
+    if app.offline() {
+        // The last verified mapping, whatever its age.
+        let held = match app.store.tag(&target.name, &key)? {
+            Some(rec) => match rec.digest.parse::<Digest>() {
+                Ok(d) => app.store.manifest(&d)?.map(|m| (d, m)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        outcome.cache = "hit";
+        return held.ok_or_else(|| offline_miss(&format!("{}:{tag}", target.name)));
+    }
     if let Some(rec) = app.store.tag(&target.name, &key)? {
         let age = Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms));
         let digest: Option<Digest> = rec.digest.parse().ok();
@@ -300,5 +336,12 @@ async fn fetch_inner(
             bytes,
             refs: children,
         },
+    ))
+}
+
+/// What an offline mirror says for content it does not hold.
+pub fn offline_miss(what: &str) -> ProxyError {
+    ProxyError::ManifestUnknown(format!(
+        "{what} is not held, and this mirror is offline: import it (portcullis import) first"
     ))
 }

@@ -20,11 +20,14 @@ struct TagList {
 }
 
 pub async fn serve(
-    _app: &App,
+    app: &App,
     target: &Target,
     query: &Query,
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    if app.offline() {
+        return held_tags(app, target, query, head);
+    }
     let up = &target.upstream;
     let what = format!("tags of {}", target.name);
     let mut tail = "tags/list".to_owned();
@@ -59,6 +62,45 @@ pub async fn serve(
     if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
         h.insert(header::LINK, link);
     }
+    Ok(out)
+}
+
+/// Offline: the tags the cache holds for this repository, paginated here.
+fn held_tags(
+    app: &App,
+    target: &Target,
+    query: &Query,
+    head: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let mut tags: Vec<String> = app
+        .store
+        .tags()?
+        .into_iter()
+        .filter(|(repo, tag, _)| repo == &target.name && !tag.contains('\0'))
+        .map(|(_, tag, _)| tag)
+        .collect();
+    if tags.is_empty() {
+        return Err(ProxyError::NameUnknown(format!(
+            "repository {} is not held, and this mirror is offline",
+            target.name
+        )));
+    }
+    tags.sort();
+    if let Some(last) = &query.last {
+        tags.retain(|t| t > last);
+    }
+    if let Some(n) = query.n.as_deref().and_then(|n| n.parse::<usize>().ok()) {
+        tags.truncate(n);
+    }
+    let body = serde_json::json!({ "name": target.client_name, "tags": tags }).to_string();
+    let len = body.len();
+    let mut out = Response::new(if head { empty() } else { full(body.into()) });
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(out)
 }
 

@@ -36,6 +36,8 @@ pub struct Upstream {
     tokens: Mutex<TokenCache>,
     /// The upstream answered with a Basic challenge once: send credentials up front.
     basic: AtomicBool,
+    /// An offline mirror never connects: every exchange fails before any DNS or TCP.
+    offline: bool,
     pub read_timeout: Duration,
     pub timeout: Duration,
 }
@@ -48,7 +50,7 @@ struct TokenResponse {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig, offline: bool) -> Result<Upstream, String> {
         let ctx = |e: String| format!("[[upstream]] {:?}: {e}", cfg.name);
         let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(ctx)?;
         let mut http = HttpConnector::new();
@@ -75,6 +77,7 @@ impl Upstream {
             creds: Credentials::load(cfg).map_err(ctx)?,
             tokens: Mutex::new(TokenCache::default()),
             basic: AtomicBool::new(false),
+            offline,
             read_timeout: cfg.read_timeout,
             timeout: cfg.timeout,
         })
@@ -89,6 +92,12 @@ impl Upstream {
         tail: &str,
         accept: Option<&str>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        if self.offline {
+            return Err(ProxyError::Unavailable(format!(
+                "{}: this mirror is offline; only cached content is served",
+                self.name
+            )));
+        }
         let url = self
             .base
             .join(&format!("v2/{repo}/{tail}"))

@@ -1,0 +1,97 @@
+//! `portcullis export`: images and their cosign signatures, from the cache into an OCI image
+//! layout (a directory, or a tar when the output ends in `.tar`) for the other side of a gap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use portcullis_cache::{Blob, Digest};
+
+use super::layout::{tar_dir, Descriptor, Writer, REF_NAME};
+use super::split_ref;
+use crate::app::App;
+
+/// Writes `refs` (`registry/repo:tag`) with their signatures; returns the entries written.
+pub fn export(app: &App, refs: &[String], out: &Path) -> Result<Vec<String>, String> {
+    let as_tar = out.extension().is_some_and(|e| e == "tar");
+    let dir = if as_tar {
+        std::env::temp_dir().join(format!("portcullis-export-{}", std::process::id()))
+    } else {
+        out.to_owned()
+    };
+    let result = write(app, refs, &dir).and_then(|written| {
+        if as_tar {
+            tar_dir(&dir, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        Ok(written)
+    });
+    if as_tar {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> {
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let mut w = Writer::create(dir).map_err(io)?;
+    let mut written = Vec::new();
+    for r in refs {
+        let (repo, tag) = split_ref(r).unwrap_or((r.as_str(), "latest"));
+        let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
+        let mut entries = vec![tag.to_owned()];
+        let rec = app
+            .store
+            .tag(&target.name, tag)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "{}:{tag} is not held in the cache; pull it first",
+                    target.name
+                )
+            })?;
+        let digest: Digest = rec.digest.parse().map_err(|e| format!("{e}"))?;
+        entries.push(format!("{}.sig", digest.tag_form()));
+        for t in entries {
+            let Some(rec) = app.store.tag(&target.name, &t).map_err(|e| e.to_string())? else {
+                continue; // an image without signatures exports without them
+            };
+            let d: Digest = rec.digest.parse().map_err(|e| format!("{e}"))?;
+            let (media_type, size) = tree(app, &w, &d)?;
+            let reference = format!("{}:{t}", target.name);
+            w.entry(Descriptor {
+                media_type,
+                digest: d.to_string(),
+                size,
+                annotations: BTreeMap::from([(REF_NAME.to_owned(), reference.clone())]),
+            });
+            written.push(reference);
+        }
+    }
+    w.finish().map_err(io)?;
+    Ok(written)
+}
+
+/// Writes a manifest and everything it references; its media type and size.
+fn tree(app: &App, w: &Writer, digest: &Digest) -> Result<(String, u64), String> {
+    let m = app
+        .store
+        .manifest(digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("manifest {digest} is not held; pull the image fully first"))?;
+    w.put_bytes(digest, &m.bytes).map_err(|e| e.to_string())?;
+    for r in &m.refs {
+        if app.store.manifest(r).map_err(|e| e.to_string())?.is_some() {
+            tree(app, w, r)?;
+            continue;
+        }
+        match app.store.blob(r).map_err(|e| e.to_string())? {
+            Some(Blob::Memory(bytes)) => w.put_bytes(r, &bytes).map_err(|e| e.to_string())?,
+            Some(Blob::File { file, .. }) => w.put_file(r, file).map_err(|e| e.to_string())?,
+            None => {
+                return Err(format!(
+                    "blob {r} of {digest} is not held; pull the image fully first"
+                ))
+            }
+        }
+    }
+    Ok((m.media_type, m.bytes.len() as u64))
+}
