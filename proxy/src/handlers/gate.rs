@@ -248,6 +248,13 @@ async fn signatures(
         let payload = payload(app, target, &payload_digest).await?;
         layers.extend(d.layer(payload.to_vec()));
     }
+    // Keep the whole signature manifest (its config too), so that it can be exported and
+    // re-verified on the far side of an air gap.
+    for r in &sig.refs {
+        if app.store.has_blob(r)?.is_none() {
+            payload(app, target, r).await?;
+        }
+    }
     open_gate(app, target, &sig.refs)?;
     Ok(layers)
 }
