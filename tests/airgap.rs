@@ -908,6 +908,30 @@ fn mirror_exits_1_when_an_image_is_denied_and_exports_only_what_passed() {
     }
 }
 
+#[test]
+fn mirror_expands_tag_globs_from_the_upstream_tag_list() {
+    let w = World::new();
+    let v1 = w.push_signed(Image::Small, "keyed/app", "v1.0");
+    let v2 = w.push_signed(Image::DockerV2s2, "keyed/app", "v1.1");
+    w.push_signed(Image::Small, "keyed/app", "v2.0");
+    let a = w.connected("a", &[w.name("keyed/app:v1.*")]);
+    let out = w.work.join("glob-out");
+    let run = a.mirror(&out);
+    run.expect_code(0);
+    let names = ref_names(&out);
+    assert!(names.contains(&w.name("keyed/app:v1.0")), "{names:?}");
+    assert!(names.contains(&w.name("keyed/app:v1.1")), "{names:?}");
+    assert!(!names.contains(&w.name("keyed/app:v2.0")), "{names:?}");
+    assert_eq!(
+        entry(&out, &w.name("keyed/app:v1.0"))["digest"],
+        v1.as_str()
+    );
+    assert_eq!(
+        entry(&out, &w.name("keyed/app:v1.1"))["digest"],
+        v2.as_str()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Tampered transfers
 

@@ -1,5 +1,6 @@
-//! `portcullis mirror`: the connected side of an air gap. Pulls every `[[mirror]]` image through
-//! the normal path (resolve, verify, fetch every blob hash-checked), then exports them.
+//! `portcullis mirror`: the connected side of an air gap. Pulls every `[[mirror]]` image (a
+//! reference, or a glob over a repository's tags such as `ghcr.io/acme/app:v1.*`) through the
+//! normal path (resolve, verify, fetch every blob hash-checked), then exports them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,18 +15,23 @@ use crate::fetch::Progress;
 use crate::handlers::manifests::{self, Refs};
 use crate::handlers::{gate, Accept, Outcome};
 use crate::route::Target;
+use crate::upstream::read_limited;
 
 /// Pulls, verifies and exports; one line per image, and whether all passed.
 pub async fn mirror(app: &App, out: &Path) -> Result<(Vec<String>, bool), String> {
     let mut lines = Vec::new();
     let mut passed = Vec::new();
     let mut all_ok = true;
-    let images: Vec<String> = app
-        .config
-        .mirrors
-        .iter()
-        .flat_map(|m| m.images.clone())
-        .collect();
+    let mut images = Vec::new();
+    for image in app.config.mirrors.iter().flat_map(|m| &m.images) {
+        match expand(app, image).await {
+            Ok(found) => images.extend(found),
+            Err(why) => {
+                all_ok = false;
+                lines.push(format!("denied {image}: {why}"));
+            }
+        }
+    }
     for image in images {
         match pull(app, &image).await {
             Ok(reference) => {
@@ -45,6 +51,59 @@ pub async fn mirror(app: &App, out: &Path) -> Result<(Vec<String>, bool), String
         out.display()
     ));
     Ok((lines, all_ok))
+}
+
+/// `registry/repo:v1.*`: a glob over the repository's tags, listed upstream.
+async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
+    let (repo, tag) = split_ref(image).unwrap_or((image, "latest"));
+    if !tag.contains(['*', '?', '[']) {
+        return Ok(vec![image.to_owned()]);
+    }
+    let glob = globset::Glob::new(tag)
+        .map_err(|e| format!("bad tag glob {tag:?}: {e}"))?
+        .compile_matcher();
+    let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
+    if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
+        return Err(why);
+    }
+    let up = &target.upstream;
+    let resp = up
+        .send(
+            http::Method::GET,
+            &target.repo,
+            "tags/list",
+            Some("application/json"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "{} answered {} for the tags of {}",
+            up.name,
+            resp.status(),
+            target.name
+        ));
+    }
+    let body = read_limited(resp.into_body(), 8 << 20, up.read_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    #[derive(serde::Deserialize)]
+    struct Tags {
+        #[serde(default)]
+        tags: Option<Vec<String>>,
+    }
+    let tags: Tags = serde_json::from_slice(&body).map_err(|e| format!("tag list: {e}"))?;
+    let found: Vec<String> = tags
+        .tags
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| glob.is_match(t) && !gate::is_signature_tag(t))
+        .map(|t| format!("{repo}:{t}"))
+        .collect();
+    if found.is_empty() {
+        return Err(format!("no tag of {} matches {tag:?}", target.name));
+    }
+    Ok(found)
 }
 
 async fn pull(app: &App, image: &str) -> Result<String, String> {
