@@ -97,3 +97,36 @@ fn the_binary_exits_non_zero_on_a_bad_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_dockerfile_copies_what_exists_and_runs_what_it_built() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let mut built = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(args) = line.strip_prefix("COPY ") {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            if parts[0].starts_with("--from=") {
+                built.push(parts[parts.len() - 1].to_owned());
+                continue;
+            }
+            for src in &parts[..parts.len() - 1] {
+                assert!(root.join(src).exists(), "COPY source {src} does not exist");
+            }
+        }
+    }
+    let entry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT [\""))
+        .and_then(|l| l.split('"').next())
+        .expect("an ENTRYPOINT");
+    assert!(
+        built.iter().any(|b| b == entry),
+        "ENTRYPOINT {entry} is not copied from the build stage: {built:?}"
+    );
+    assert!(
+        text.contains("--locked"),
+        "the binary is built with --locked"
+    );
+    assert!(text.contains("USER 10001"), "runs as non-root");
+}
