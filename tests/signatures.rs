@@ -277,6 +277,21 @@ async fn keyed_signatures_decide_what_is_served() {
             .status,
         200
     );
+
+    // Signature artifacts are served as verification material (cosign can read them)...
+    let sig_tag = format!("sha256-{}.sig", signed.trim_start_matches("sha256:"));
+    let sig = http::get(&format!("{}/v2/keyed/signed/manifests/{sig_tag}", p.url())).await;
+    assert_eq!(sig.status, 200);
+    // ...but an image pushed under a signature-shaped tag is an image, and is gated.
+    let disguised = format!("sha256-{}.sig", "e".repeat(64));
+    w.push(Image::DockerV2s2, &format!("keyed/signed:{disguised}"));
+    let resp = http::get(&format!(
+        "{}/v2/keyed/signed/manifests/{disguised}",
+        p.url()
+    ))
+    .await;
+    let (status, code, message) = code_and_message(&resp);
+    assert_eq!((status, code.as_str()), (403, "DENIED"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

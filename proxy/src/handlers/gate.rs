@@ -27,6 +27,7 @@ const MAX_SIGNATURES: usize = 32;
 const MAX_PAYLOAD: usize = 256 * 1024;
 
 pub(crate) const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub(crate) const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 pub(crate) const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
 pub(crate) const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
@@ -74,6 +75,24 @@ pub fn is_signature_tag(tag: &str) -> bool {
         .strip_suffix(".sig")
         .or_else(|| rest.strip_suffix(".att"));
     hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether a manifest fetched by `tag` is a cosign signature or attestation artifact, served as
+/// verification material without a signature of its own: the tag has the cosign form and every
+/// layer is a simple-signing payload or a DSSE envelope, which no runtime would unpack. Anything
+/// else under such a tag is an image like any other and goes through the gate.
+pub fn is_signature_artifact(tag: &str, manifest: &[u8]) -> bool {
+    if !is_signature_tag(tag) {
+        return false;
+    }
+    let Ok(parsed) = serde_json::from_slice::<SigManifest>(manifest) else {
+        return false;
+    };
+    !parsed.layers.is_empty()
+        && parsed
+            .layers
+            .iter()
+            .all(|l| l.media_type == SIMPLE_SIGNING || l.media_type == DSSE_ENVELOPE)
 }
 
 /// Decides on a manifest, from the verdict cache or by fetching its signatures.

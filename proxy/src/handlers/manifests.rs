@@ -69,7 +69,7 @@ pub async fn serve(
         Reference::Tag(tag) => resolve_tag(app, target, tag, accept, outcome).await?,
     };
     match reference {
-        Reference::Tag(tag) if gate::is_signature_tag(tag) => {
+        Reference::Tag(tag) if gate::is_signature_artifact(tag, &manifest.bytes) => {
             gate::open_gate(app, target, &manifest.refs)?
         }
         _ => {
