@@ -205,7 +205,7 @@ async fn a_tampered_upstream_blob_is_neither_served_nor_cached() {
         }
         let hex = layer.strip_prefix("sha256:").unwrap();
         assert!(!proxy.data_dir.join("blobs/sha256").join(hex).exists());
-        let log = proxy.log_contents();
+        let log = proxy.wait_for_log("does not match its digest");
         assert!(log.contains("does not match its digest"), "{log}");
 
         std::fs::write(&stored, &original).unwrap();

@@ -31,6 +31,13 @@ pub enum Fault {
         pass: String,
         token: String,
     },
+    /// A registry behind basic auth whose blobs live elsewhere: requests without credentials
+    /// get a Basic challenge; blob GETs get `307` to `cdn` + the same path; the rest is relayed
+    /// to `to`.
+    BasicRedirect { to: SocketAddr, cdn: String },
+    /// Relays to `to`, counting requests that carry an `Authorization` header (see
+    /// [`FaultServer::authorized_requests`]).
+    Record { to: SocketAddr },
 }
 
 /// A running fault server. Stops accepting on drop.
@@ -79,6 +86,11 @@ impl FaultServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Requests that carried an `Authorization` header, seen by a [`Fault::Record`].
+    pub fn authorized_requests(&self) -> usize {
+        self.tokens.load(Ordering::Relaxed)
     }
 
     /// Tokens handed out so far by a [`Fault::TokenGate`].
@@ -131,6 +143,42 @@ fn serve(mut stream: TcpStream, fault: Fault, ctx: Ctx) {
             relay(stream, to, Vec::new(), usize::MAX, Some(bytes_per_sec))
         }
         Fault::Cut { to, after } => relay(stream, to, Vec::new(), after, None),
+        Fault::Record { to } => {
+            if let Some(head) = read_head(&mut stream) {
+                if has_authorization(&head) {
+                    ctx.tokens.fetch_add(1, Ordering::Relaxed);
+                }
+                relay(stream, to, head, usize::MAX, None);
+            }
+        }
+        Fault::BasicRedirect { to, cdn } => {
+            while let Some(head) = read_head(&mut stream) {
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let resp = if !has_authorization(&head) {
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n".to_owned()
+                } else if text.starts_with("GET ") && path.contains("/blobs/") {
+                    format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {cdn}{path}\r\nContent-Length: 0\r\n\r\n")
+                } else {
+                    // One request per upstream connection, so every later request on this
+                    // client connection is looked at again.
+                    let Ok(mut up) = TcpStream::connect(to) else {
+                        return;
+                    };
+                    let (first, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
+                    let head = format!("{first}\r\nConnection: close\r\n{rest}");
+                    if up.write_all(head.as_bytes()).is_err()
+                        || std::io::copy(&mut up, &mut stream).is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                };
+                if stream.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
         Fault::TokenGate {
             to,
             user,
@@ -214,6 +262,12 @@ fn relay(client: TcpStream, to: SocketAddr, first: Vec<u8>, limit: usize, rate: 
     }
     let _ = client_write.shutdown(Shutdown::Both);
     let _ = up_read.shutdown(Shutdown::Both);
+}
+
+fn has_authorization(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head)
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("authorization:"))
 }
 
 /// Reads one request head (requests from the proxy have no body). `None` at EOF.

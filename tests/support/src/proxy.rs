@@ -94,6 +94,19 @@ impl Proxy {
         self.addr.to_string()
     }
 
+    /// Waits up to 5 s for `needle` to appear in the log (lines written after a response, such
+    /// as a failed fetch's, may trail it); the log either way.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..100 {
+            let log = self.log_contents();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.log_contents()
+    }
+
     /// Everything the proxy has logged so far, across restarts.
     pub fn log_contents(&self) -> String {
         std::fs::read(&self.log)
