@@ -1,4 +1,4 @@
-//! The shared state of a running proxy.
+//! The shared state of a running proxy, and how a new configuration replaces it.
 
 use std::sync::Arc;
 
@@ -8,25 +8,22 @@ use portcullis_policy::{Policy, Verdict};
 
 use crate::config::Config;
 use crate::fetch::Flights;
+use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::upstream::Upstream;
 
-/// Everything a request needs, built once from a [`Config`].
+/// Everything a request needs. What comes from the configuration (upstreams, policy) is rebuilt
+/// on reload; the cache, running fetches, verdicts and metrics carry over.
 pub struct App {
     pub config: Config,
     pub store: Arc<Store>,
     pub router: Router,
     pub policy: Policy,
-    /// Verdicts by `fingerprint\0name\0digest`, in front of their RocksDB copies.
+    /// Verdicts by `fingerprint\0name\0digest`, in front of their RocksDB copies. The key holds
+    /// the policy fingerprint, so a policy or trust change misses it without a flush.
     pub verdicts: Cache<String, Arc<Verdict>>,
     pub flights: Arc<Flights>,
-}
-
-impl App {
-    /// An air-gapped mirror: the cache is all there is.
-    pub fn offline(&self) -> bool {
-        self.config.server.offline
-    }
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -43,20 +40,57 @@ impl App {
                 config.cache.dir.display()
             )
         })?;
+        let metrics = Metrics::new();
+        let flights = Arc::new(Flights::new(metrics.clone()));
+        App::assemble(config, store, Cache::new(100_000), flights, metrics)
+    }
+
+    /// The same cache, fetches and metrics under a new configuration. `listen` and `[cache]`
+    /// changes take a restart; everything else applies to the next request.
+    pub fn reload(&self, config: Config) -> Result<App, String> {
+        if config.cache.dir != self.config.cache.dir {
+            tracing::warn!("[cache] dir changed: takes effect on restart");
+        }
+        if config.server.listen != self.config.server.listen {
+            tracing::warn!("[server] listen changed: takes effect on restart");
+        }
+        App::assemble(
+            config,
+            Arc::clone(&self.store),
+            self.verdicts.clone(),
+            Arc::clone(&self.flights),
+            self.metrics.clone(),
+        )
+    }
+
+    fn assemble(
+        config: Config,
+        store: Arc<Store>,
+        verdicts: Cache<String, Arc<Verdict>>,
+        flights: Arc<Flights>,
+        metrics: Metrics,
+    ) -> Result<App, String> {
+        let offline = config.server.offline;
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, config.server.offline).map(Arc::new))
+            .map(|u| Upstream::new(u, offline, metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let default = config.upstreams.iter().position(|u| u.default);
         let policy = config.policy_engine()?;
         Ok(App {
-            router: Router::new(upstreams, default, config.server.offline),
+            router: Router::new(upstreams, default, offline, metrics.clone()),
             policy,
-            verdicts: Cache::new(100_000),
             store,
-            flights: Arc::default(),
+            verdicts,
+            flights,
+            metrics,
             config,
         })
+    }
+
+    /// An air-gapped mirror: the cache is all there is.
+    pub fn offline(&self) -> bool {
+        self.config.server.offline
     }
 }

@@ -31,6 +31,10 @@ pub struct Config {
     /// `[[rule]]`s: who must have signed which images.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// `[[mirror]]`: what `portcullis mirror` pulls, verifies and exports.
     #[serde(default, rename = "mirror")]
     pub mirrors: Vec<MirrorConfig>,
@@ -56,6 +60,35 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// An air-gapped mirror: never contact an upstream; serve what the cache holds.
     pub offline: bool,
+    /// Serve HTTPS with this PEM certificate chain (and `tls_key`). Reloaded on SIGHUP or
+    /// when the file changes.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[metrics]`: Prometheus text on a listener of its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +174,9 @@ impl Default for ServerConfig {
             max_manifest_size: ByteSize::mib(4),
             shutdown_grace: Duration::from_secs(30),
             offline: false,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
@@ -188,6 +224,16 @@ impl Config {
         for key in &mut config.trust.keys {
             key.path = base.join(&key.path);
         }
+        for p in [
+            &mut config.server.tls_cert,
+            &mut config.server.tls_key,
+            &mut config.server.client_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = base.join(&*p);
+        }
         for root in &mut config.trust.roots {
             if root.trusted_root.as_os_str() != BUILTIN_PUBLIC_GOOD {
                 root.trusted_root = base.join(&root.trusted_root);
@@ -211,6 +257,15 @@ impl Config {
         }
         if self.upstreams.iter().filter(|u| u.default).count() > 1 {
             return Err("more than one [[upstream]] has default = true".into());
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err("[server] tls_cert and tls_key go together".into());
+        }
+        if self.server.client_ca.is_some() && self.server.tls_cert.is_none() {
+            return Err("[server] client_ca needs tls_cert and tls_key".into());
+        }
+        if self.server.tls_cert.is_some() {
+            crate::tls::server_config(&self.server)?;
         }
         if self.cache.max_size.as_u64() == 0 {
             return Err("[cache] max_size must be larger than 0".into());

@@ -17,6 +17,7 @@ use portcullis_cache::{BlobWriter, Digest, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::route::Target;
 use crate::upstream::{content_length, status_error};
 
@@ -41,9 +42,9 @@ pub struct Flight {
 }
 
 /// The running fetches, by digest.
-#[derive(Default)]
 pub struct Flights {
     running: Mutex<HashMap<Digest, Arc<Flight>>>,
+    metrics: Metrics,
 }
 
 enum Chunk {
@@ -52,6 +53,13 @@ enum Chunk {
 }
 
 impl Flights {
+    pub fn new(metrics: Metrics) -> Flights {
+        Flights {
+            running: Mutex::default(),
+            metrics,
+        }
+    }
+
     /// Joins the fetch of `digest`, starting it if none runs. The flag says whether it joined.
     pub fn join(
         self: &Arc<Self>,
@@ -61,6 +69,7 @@ impl Flights {
     ) -> Result<(Arc<Flight>, bool), ProxyError> {
         let mut running = self.running.lock().expect("flights lock");
         if let Some(flight) = running.get(digest) {
+            self.metrics.singleflight_joins.inc();
             return Ok((Arc::clone(flight), true));
         }
         let writer = store.blob_writer(digest, None)?;
@@ -148,11 +157,12 @@ impl Job {
         let (tx, rx) = mpsc::channel::<Chunk>(32);
         let progress = Arc::clone(&self.progress);
         let store = Arc::clone(&self.store);
+        let metrics = self.flights.metrics.clone();
         let what2 = what.clone();
         let write = tokio::task::spawn_blocking(move || {
             let result = write_all(writer, rx, &progress, &what2);
             if result.is_ok() {
-                evict_if_over(&store);
+                evict_if_over(&store, &metrics);
             }
             result
         });
@@ -235,9 +245,10 @@ fn write_all(
 }
 
 /// Keeps the store under its size after a write; off the client's path.
-pub fn evict_if_over(store: &Store) {
+pub fn evict_if_over(store: &Store, metrics: &Metrics) {
     match store.evict_if_over() {
         Ok(Some(done)) => {
+            metrics.evictions.inc_by(done.items as u64);
             tracing::info!(
                 items = done.items,
                 bytes = done.bytes,

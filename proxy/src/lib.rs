@@ -12,7 +12,8 @@
 //! - [`handlers`]: the registry routes.
 //! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-while-streaming body.
 //! - [`error`]: the one place errors become OCI error JSON.
-//! - [`server`] and [`log`]: the listener, the request stack and the request log.
+//! - [`server`], [`tls`] and [`log`]: the listeners, the request stack, HTTPS and the request log.
+//! - [`reload`]: SIGHUP and file changes swap in a new configuration; [`metrics`]: Prometheus.
 //! - [`airgap`]: import, export and mirror of OCI layouts; `cache ls` and `cache gc`.
 //! - [`verify`]: `portcullis verify`, the policy's verdict on one image, with reasons.
 
@@ -24,8 +25,11 @@ pub mod error;
 pub mod fetch;
 pub mod handlers;
 pub mod log;
+pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod verify;
 

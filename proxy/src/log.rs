@@ -63,6 +63,7 @@ where
                 upstream = %o.upstream.as_deref().unwrap_or("-"),
                 ns = %o.ns.as_deref().unwrap_or("-"),
                 cache = %o.cache,
+                verdict = %o.verdict.unwrap_or("-"),
                 bytes = o.bytes.unwrap_or(0),
                 ms = start.elapsed().as_secs_f64() * 1000.0,
                 outcome = %if status < 400 { "ok" } else { "error" },

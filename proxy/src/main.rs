@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use portcullis::config::LogFormat;
 use portcullis::{App, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -96,22 +97,22 @@ enum CacheAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve` logs in the format its config asks for; every other command in text.
+    let serving = match &cli.command {
+        Command::Serve { config, .. } => Some(load(config.as_deref())),
+        _ => None,
+    };
+    let json = matches!(&serving, Some(Ok(c)) if c.log.format == LogFormat::Json);
+    init_logging(json);
     let result = match cli.command {
         Command::Verify {
             image,
             config,
             json,
         } => return load(config.as_deref()).map_or_else(fail, |c| verify(c, &image, json)),
-        Command::Serve { config, offline } => load(config.as_deref()).and_then(|mut c| {
+        Command::Serve { config, offline } => serving.expect("loaded above").and_then(|mut c| {
             c.server.offline |= offline;
-            serve(c)
+            serve(c, config)
         }),
         Command::Import { path, config, name } => {
             return run_app(config.as_deref(), |app, _| {
@@ -240,21 +241,51 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let listen = config.server.listen;
         let grace = config.server.shutdown_grace;
-        let app = Arc::new(App::new(config)?);
+        let tls = match config.server.tls_cert {
+            Some(_) => Some(Arc::new(portcullis::tls::Tls::new(&config.server)?)),
+            None => None,
+        };
+        let metrics_listen = config.metrics.listen;
+        let state: portcullis::server::State =
+            Arc::new(arc_swap::ArcSwap::from_pointee(App::new(config)?));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(%addr, "listening");
-        portcullis::server::serve(app, listener, portcullis::server::signal(), grace)
+        if let Some(m) = metrics_listen {
+            let ml = tokio::net::TcpListener::bind(m)
+                .await
+                .map_err(|e| format!("cannot listen on {m} for metrics: {e}"))?;
+            tracing::info!(addr = %m, "metrics listening");
+            tokio::spawn(portcullis::server::serve_metrics(Arc::clone(&state), ml));
+        }
+        if let Some(path) = path {
+            tokio::spawn(portcullis::reload::watch(
+                Arc::clone(&state),
+                path,
+                tls.clone(),
+            ));
+        }
+        tracing::info!(%addr, tls = tls.is_some(), "listening");
+        portcullis::server::serve_state(state, tls, listener, portcullis::server::signal(), grace)
             .await
             .map_err(|e| e.to_string())
     })

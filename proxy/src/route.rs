@@ -12,6 +12,7 @@ use regex::Regex;
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Longest repository name accepted (distribution's limit).
@@ -135,16 +136,23 @@ pub struct Router {
     /// Offline: registries with no `[[upstream]]` still name cache namespaces.
     offline: bool,
     placeholders: Mutex<HashMap<String, Arc<Upstream>>>,
+    metrics: Metrics,
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<Arc<Upstream>>, default: Option<usize>, offline: bool) -> Router {
+    pub fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        default: Option<usize>,
+        offline: bool,
+        metrics: Metrics,
+    ) -> Router {
         let default = default.map(|i| Arc::clone(&upstreams[i]));
         Router {
             upstreams,
             default,
             offline,
             placeholders: Mutex::default(),
+            metrics,
         }
     }
 
@@ -160,7 +168,7 @@ impl Router {
             return Some(Arc::clone(up));
         }
         let cfg = UpstreamConfig::offline_placeholder(name).ok()?;
-        let up = Arc::new(Upstream::new(&cfg, true).ok()?);
+        let up = Arc::new(Upstream::new(&cfg, true, self.metrics.clone()).ok()?);
         held.insert(name.to_owned(), Arc::clone(&up));
         Some(up)
     }

@@ -1,20 +1,32 @@
-//! The listener: HTTP/1.1 and HTTP/2 on one port, the request stack, and graceful shutdown.
+//! The listeners: the registry API (HTTP/1.1 and HTTP/2, plain or TLS), the metrics listener,
+//! the request stack, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use crate::app::App;
+use crate::body::{full, ResponseBody};
 use crate::handlers::handle;
 use crate::log::LogLayer;
+use crate::tls::Tls;
+
+/// The configuration in force, swapped whole on reload.
+pub type State = Arc<ArcSwap<App>>;
 
 /// Serves until `shutdown` resolves, then lets requests in flight finish for up to `grace`.
 pub async fn serve(
@@ -23,14 +35,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
+    serve_state(Arc::new(ArcSwap::new(app)), None, listener, shutdown, grace).await
+}
+
+/// [`serve`] with a swappable configuration and optional TLS.
+pub async fn serve_state(
+    state: State,
+    tls: Option<Arc<Tls>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
     let service = ServiceBuilder::new()
         // One log line per request, with what the handler learnt.
         .layer(LogLayer)
         .service_fn(move |req| {
-            let app = Arc::clone(&app);
+            // Each request sees one whole configuration, whatever reloads happen meanwhile.
+            let app = state.load_full();
             async move { Ok::<_, Infallible>(handle(app, req).await) }
         });
-    let graceful = GracefulShutdown::new();
+    let graceful = Arc::new(GracefulShutdown::new());
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -45,21 +69,28 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let svc = TowerToHyperService::new(service.clone());
+                match &tls {
+                    None => spawn_conn(&builder, &graceful, stream, svc, peer),
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        let (builder, graceful) = (builder.clone(), Arc::clone(&graceful));
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => spawn_conn(&builder, &graceful, tls_stream, svc, peer),
+                                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                            }
+                        });
                     }
-                });
+                }
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -70,6 +101,74 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+fn spawn_conn<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    io: I,
+    svc: S,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// The metrics listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+pub async fn serve_metrics(state: State, listener: TcpListener) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = state.load_full();
+            async move { Ok::<_, Infallible>(metrics_response(&app, req.uri().path())) }
+        });
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn metrics_response(app: &App, path: &str) -> Response<ResponseBody> {
+    let (status, body, content_type) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            app.metrics.render(app.store.size()),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => (StatusCode::OK, "ok".into(), "text/plain"),
+        "/readyz" => {
+            let r = crate::handlers::readiness(app);
+            (StatusCode::OK, r, "application/json")
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    };
+    let body = Bytes::from(body);
+    let len = body.len();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -168,6 +168,7 @@ pub fn enforce(
         .rules
         .iter()
         .any(|r| !r.passed && r.mode == portcullis_policy::Mode::Audit);
+    count(app, verdict);
     match verdict.decision {
         Decision::Deny => {
             tracing::warn!(name = %target.name, %digest, verdict = %verdict.message, "denied");
@@ -203,6 +204,35 @@ pub fn enforce(
         }
     }
     Ok(())
+}
+
+fn count(app: &App, verdict: &Verdict) {
+    use crate::metrics::VerdictLabels;
+    use portcullis_policy::Mode;
+    if verdict.rules.is_empty() {
+        let outcome = match verdict.decision {
+            Decision::Allow => "allow",
+            Decision::Warn => "warn",
+            Decision::Deny => "deny",
+        };
+        let labels = VerdictLabels {
+            rule: "default".into(),
+            outcome,
+        };
+        app.metrics.verdicts.get_or_create(&labels).inc();
+    }
+    for r in &verdict.rules {
+        let outcome = match (r.passed, r.mode) {
+            (true, _) | (false, Mode::Audit) => "allow",
+            (false, Mode::Warn) => "warn",
+            (false, Mode::Enforce) => "deny",
+        };
+        let labels = VerdictLabels {
+            rule: r.rule.clone(),
+            outcome,
+        };
+        app.metrics.verdicts.get_or_create(&labels).inc();
+    }
 }
 
 /// Lets the blobs `refs` be served for this repository under this policy.

@@ -74,6 +74,11 @@ pub async fn serve(
         }
         _ => {
             let verdict = gate::verdict(app, target, &digest).await?;
+            outcome.verdict = Some(match verdict.decision {
+                portcullis_policy::Decision::Allow => "allow",
+                portcullis_policy::Decision::Warn => "warn",
+                portcullis_policy::Decision::Deny => "deny",
+            });
             gate::enforce(app, target, &digest, &manifest, &verdict)?;
         }
     }
@@ -164,6 +169,7 @@ pub(crate) async fn resolve_tag(
                     tracing::warn!(name = %target.name, tag, digest = %d, age = ?age, error = %e,
                         "upstream unavailable: serving the last known tag mapping (stale)");
                     outcome.cache = "stale";
+                    app.metrics.stale_serves.inc();
                     return Ok((d, m));
                 }
                 Err(e) => return Err(e),
@@ -327,7 +333,8 @@ async fn fetch_inner(
     app.store.link(&target.name, &digest)?;
     if app.store.size() > app.config.cache.max_size.as_u64() {
         let store = std::sync::Arc::clone(&app.store);
-        tokio::task::spawn_blocking(move || crate::fetch::evict_if_over(&store));
+        let metrics = app.metrics.clone();
+        tokio::task::spawn_blocking(move || crate::fetch::evict_if_over(&store, &metrics));
     }
     Ok((
         digest,

@@ -4,6 +4,7 @@
 mod accept;
 mod blobs;
 pub mod gate;
+mod health;
 pub mod manifests;
 mod tags;
 
@@ -15,10 +16,12 @@ use hyper::body::Incoming;
 use portcullis_policy::NameDecision;
 
 pub use accept::Accept;
+pub use health::readiness;
 
 use crate::app::App;
 use crate::body::{full, ResponseBody};
 use crate::error::ProxyError;
+use crate::metrics::{RequestLabels, ResultLabel};
 use crate::route::{parse_path, Endpoint, Target};
 
 /// What the request log says about a request, filled in as it is handled.
@@ -32,13 +35,23 @@ pub struct Outcome {
     /// hit, miss, joined (single-flight), stale, or none.
     pub cache: &'static str,
     pub bytes: Option<u64>,
+    /// base, manifest, blob, tags, other: the metrics label.
+    pub route: &'static str,
+    /// The verdict's decision, for manifests.
+    pub verdict: Option<&'static str>,
 }
 
 /// Handles one request. Never fails: errors become OCI error JSON here.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResponseBody> {
     let head = req.method() == Method::HEAD;
+    match req.uri().path() {
+        "/healthz" => return health::live(),
+        "/readyz" => return health::ready(&app),
+        _ => {}
+    }
     let mut outcome = Outcome {
         cache: "none",
+        route: "other",
         ..Outcome::default()
     };
     let query = Query::parse(req.uri().query());
@@ -62,8 +75,28 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResponseB
     outcome.bytes = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
+    record(&app, &outcome, resp.status().as_u16(), head);
     resp.extensions_mut().insert(outcome);
     resp
+}
+
+fn record(app: &App, o: &Outcome, status: u16, head: bool) {
+    let m = &app.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: o.route,
+            status,
+            upstream: o.upstream.clone().unwrap_or_default(),
+        })
+        .inc();
+    if o.cache != "none" {
+        m.cache
+            .get_or_create(&ResultLabel { result: o.cache })
+            .inc();
+    }
+    if !head && status < 300 {
+        m.served_bytes.inc_by(o.bytes.unwrap_or(0));
+    }
 }
 
 /// The query parameters registries use.
@@ -105,6 +138,12 @@ async fn dispatch(
         }
     };
     let (client_name, endpoint) = parse_path(req.uri().path())?;
+    outcome.route = match endpoint {
+        Endpoint::Base => "base",
+        Endpoint::Manifest(_) => "manifest",
+        Endpoint::Blob(_) => "blob",
+        Endpoint::Tags => "tags",
+    };
     if endpoint == Endpoint::Base {
         let mut resp = Response::new(if head {
             full(Bytes::new())

@@ -23,6 +23,7 @@ pub use auth::{Challenge, Credentials, TokenCache};
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, UpstreamLabel};
 
 const MAX_REDIRECTS: usize = 5;
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -38,6 +39,7 @@ pub struct Upstream {
     basic: AtomicBool,
     /// An offline mirror never connects: every exchange fails before any DNS or TCP.
     offline: bool,
+    metrics: Metrics,
     pub read_timeout: Duration,
     pub timeout: Duration,
 }
@@ -50,7 +52,7 @@ struct TokenResponse {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, offline: bool) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig, offline: bool, metrics: Metrics) -> Result<Upstream, String> {
         let ctx = |e: String| format!("[[upstream]] {:?}: {e}", cfg.name);
         let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(ctx)?;
         let mut http = HttpConnector::new();
@@ -78,6 +80,7 @@ impl Upstream {
             tokens: Mutex::new(TokenCache::default()),
             basic: AtomicBool::new(false),
             offline,
+            metrics,
             read_timeout: cfg.read_timeout,
             timeout: cfg.timeout,
         })
@@ -200,6 +203,28 @@ impl Upstream {
     }
 
     async fn request(&self, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, ProxyError> {
+        let started = std::time::Instant::now();
+        let label = UpstreamLabel {
+            upstream: self.name.clone(),
+        };
+        let result = self.exchange_once(req).await;
+        match &result {
+            Ok(_) => self
+                .metrics
+                .upstream_latency
+                .get_or_create(&label)
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                self.metrics.upstream_errors.get_or_create(&label).inc();
+            }
+        }
+        result
+    }
+
+    async fn exchange_once(
+        &self,
+        req: Request<Empty<Bytes>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
             Err(_) => Err(ProxyError::Unavailable(format!(
                 "{} sent no response within {:?}",

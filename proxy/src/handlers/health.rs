@@ -1,0 +1,39 @@
+//! `/healthz` (the process is up) and `/readyz` (the cache is open and a configuration is in
+//! force). Upstream reachability is reported, never a reason to be unready: stale and cached
+//! content can still be served.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use serde_json::json;
+
+use crate::app::App;
+use crate::body::{full, ResponseBody};
+
+pub fn live() -> Response<ResponseBody> {
+    text(Bytes::from_static(b"ok"), "text/plain")
+}
+
+pub fn ready(app: &App) -> Response<ResponseBody> {
+    text(Bytes::from(readiness(app)), "application/json")
+}
+
+/// The readiness report as JSON text.
+pub fn readiness(app: &App) -> String {
+    json!({
+        "ready": true,
+        "cache": { "dir": app.config.cache.dir, "bytes": app.store.size() },
+        "config": "loaded",
+        "offline": app.offline(),
+        "upstreams": app.config.upstreams.iter().map(|u| (u.name.clone(), "not probed")).collect::<std::collections::BTreeMap<_, _>>(),
+    })
+    .to_string()
+}
+
+fn text(body: Bytes, content_type: &'static str) -> Response<ResponseBody> {
+    let len = body.len();
+    let mut resp = Response::new(full(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}

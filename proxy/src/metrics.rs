@@ -1,0 +1,147 @@
+//! Prometheus metrics, served on their own listener (`[metrics] listen`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub rule: String,
+    pub outcome: &'static str,
+}
+
+type Latency = Family<UpstreamLabel, Histogram, fn() -> Histogram>;
+
+/// Every metric portcullis exports. Cheap to clone: the values are shared.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub cache: Family<ResultLabel, Counter>,
+    pub served_bytes: Counter,
+    pub upstream_latency: Latency,
+    pub upstream_errors: Family<UpstreamLabel, Counter>,
+    pub verdicts: Family<VerdictLabels, Counter>,
+    pub singleflight_joins: Counter,
+    pub cache_size: Gauge,
+    pub evictions: Counter,
+    pub stale_serves: Counter,
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("portcullis");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            requests: Family::default(),
+            cache: Family::default(),
+            served_bytes: Counter::default(),
+            upstream_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            upstream_errors: Family::default(),
+            verdicts: Family::default(),
+            singleflight_joins: Counter::default(),
+            cache_size: Gauge::default(),
+            evictions: Counter::default(),
+            stale_serves: Counter::default(),
+            reloads: Family::default(),
+        };
+        r.register(
+            "requests",
+            "Requests by route, status and upstream",
+            m.requests.clone(),
+        );
+        r.register(
+            "cache_requests",
+            "Cache lookups by result (hit, miss, joined, stale)",
+            m.cache.clone(),
+        );
+        r.register(
+            "served_bytes",
+            "Body bytes served to clients",
+            m.served_bytes.clone(),
+        );
+        r.register(
+            "upstream_request_duration_seconds",
+            "Time to an upstream's response headers",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream exchanges that failed",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "verdicts",
+            "Verification verdicts by rule and outcome",
+            m.verdicts.clone(),
+        );
+        r.register(
+            "singleflight_joins",
+            "Requests that joined a running blob fetch",
+            m.singleflight_joins.clone(),
+        );
+        r.register(
+            "cache_size_bytes",
+            "Bytes of content held",
+            m.cache_size.clone(),
+        );
+        r.register(
+            "evictions",
+            "Items evicted to keep the cache under its size",
+            m.evictions.clone(),
+        );
+        r.register(
+            "stale_serves",
+            "Tag mappings served stale while the upstream was down",
+            m.stale_serves.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            m.reloads.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, cache_size: u64) -> String {
+        self.cache_size.set(cache_size as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,83 @@
+//! Hot reload: SIGHUP, or a change of the config file or of the TLS files (polled), builds a new
+//! [`App`] on the same cache and swaps it in. A configuration that fails validation is rejected
+//! with a log line, and the one in force stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::metrics::ResultLabel;
+use crate::server::State;
+use crate::tls::Tls;
+
+const POLL: Duration = Duration::from_secs(2);
+
+/// Watches `path` (and the TLS files of the configuration in force) until the process ends.
+pub async fn watch(state: State, path: PathBuf, tls: Option<Arc<Tls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload by file change only");
+        return;
+    };
+    let mut seen = stamps(&state, &path);
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => tracing::info!("SIGHUP received: reloading"),
+            _ = tick.tick() => {
+                let now = stamps(&state, &path);
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("configuration files changed: reloading");
+            }
+        }
+        reload(&state, &path, tls.as_deref());
+        seen = stamps(&state, &path);
+    }
+}
+
+fn reload(state: &State, path: &Path, tls: Option<&Tls>) {
+    let current = state.load_full();
+    let result = Config::from_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            if let Some(tls) = tls {
+                tls.reload(&config.server)?;
+            }
+            current.reload(config)
+        });
+    match result {
+        Ok(app) => {
+            let changed = app.policy.fingerprint() != current.policy.fingerprint();
+            state.store(Arc::new(app));
+            current
+                .metrics
+                .reloads
+                .get_or_create(&ResultLabel { result: "ok" })
+                .inc();
+            tracing::info!(policy_changed = changed, "config reloaded");
+        }
+        Err(e) => {
+            current
+                .metrics
+                .reloads
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
+            tracing::error!(error = %e, "config reload rejected; the previous configuration stays in force");
+        }
+    }
+}
+
+/// Modification times of the config file and the TLS files it names.
+fn stamps(state: &State, path: &Path) -> Vec<Option<SystemTime>> {
+    let app = state.load();
+    let s = &app.config.server;
+    std::iter::once(path)
+        .chain(s.tls_cert.as_deref())
+        .chain(s.tls_key.as_deref())
+        .chain(s.client_ca.as_deref())
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
