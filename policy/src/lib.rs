@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 pub use config::{
     AuthorityConfig, KeyConfig, KeylessConfig, Mode, RootConfig, RuleConfig, TrustConfig,
 };
-pub use names::{DefaultAction, NameDecision, NamePolicy, NamePolicyConfig};
+pub use names::{compile_globs, DefaultAction, NameDecision, NamePolicy, NamePolicyConfig};
 pub use rules::{AuthorityResult, Decision, Rule, RuleResult, Verdict};
 pub use signature::SignatureLayer;
 pub use trust::{TrustStore, BUILTIN_PUBLIC_GOOD};

@@ -88,7 +88,7 @@ impl NamePolicy {
 }
 
 /// Compiles globs: `*` matches within one path segment, `**` across segments.
-pub(crate) fn compile_globs(globs: &[String]) -> Result<GlobSet, PolicyError> {
+pub fn compile_globs(globs: &[String]) -> Result<GlobSet, PolicyError> {
     let mut set = GlobSetBuilder::new();
     for g in globs {
         set.add(glob(g)?);

@@ -6,6 +6,7 @@ use moka::sync::Cache;
 use portcullis_cache::{Store, StoreConfig};
 use portcullis_policy::{Policy, Verdict};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fetch::Flights;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct App {
     pub verdicts: Cache<String, Arc<Verdict>>,
     pub flights: Arc<Flights>,
     pub metrics: Metrics,
+    /// Client authentication, when `[auth]` is configured.
+    pub auth: Option<Authenticator>,
 }
 
 impl App {
@@ -78,7 +81,9 @@ impl App {
             .collect::<Result<Vec<_>, _>>()?;
         let default = config.upstreams.iter().position(|u| u.default);
         let policy = config.policy_engine()?;
+        let auth = config.auth.as_ref().map(Authenticator::load).transpose()?;
         Ok(App {
+            auth,
             router: Router::new(upstreams, default, offline, metrics.clone()),
             policy,
             store,

@@ -31,6 +31,8 @@ pub struct Config {
     /// `[[rule]]`s: who must have signed which images.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// `[auth]`: require client credentials (optional).
+    pub auth: Option<crate::auth::AuthConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
@@ -224,6 +226,9 @@ impl Config {
         for key in &mut config.trust.keys {
             key.path = base.join(&key.path);
         }
+        if let Some(auth) = &mut config.auth {
+            auth.users_file = base.join(&auth.users_file);
+        }
         for p in [
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
@@ -271,6 +276,9 @@ impl Config {
             return Err("[cache] max_size must be larger than 0".into());
         }
         self.policy_engine()?;
+        if let Some(auth) = &self.auth {
+            crate::auth::Authenticator::load(auth)?;
+        }
         Ok(())
     }
 

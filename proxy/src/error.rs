@@ -34,6 +34,9 @@ pub enum ProxyError {
     BlobUnknown(String),
     #[error("{0}")]
     Denied(String),
+    /// No valid credentials: a `401` with a Basic challenge.
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
@@ -85,6 +88,7 @@ impl ProxyError {
             ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
@@ -124,6 +128,12 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let ProxyError::Unauthorized(_) = &self {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis\""),
+            );
+        }
         if let ProxyError::RangeNotSatisfiable(size) = &self {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 h.insert(header::CONTENT_RANGE, v);

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration and the embedded default.
+//! - [`auth`]: optional client authentication and per-user pull grants.
 //! - [`route`]: request paths, name validation, and routing to upstreams.
 //! - [`upstream`]: the upstream client (rustls, token flow, redirects, timeouts).
 //! - [`handlers`]: the registry routes.
@@ -19,6 +20,7 @@
 
 pub mod airgap;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;

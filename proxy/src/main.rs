@@ -74,6 +74,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read a secret from standard input and print its argon2 hash for an `[auth]` users file.
+    HashSecret,
     /// Load and validate a configuration file, then exit.
     CheckConfig {
         #[arg(long, short)]
@@ -159,6 +161,14 @@ fn main() -> ExitCode {
                 }
                 Ok(true)
             });
+        }
+        Command::HashSecret => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .map_err(|e| e.to_string())
+                .and_then(|_| portcullis::auth::hash_secret(secret.trim_end_matches(['\r', '\n'])))
+                .map(|h| println!("{h}"))
         }
         Command::CheckConfig { config } => load(Some(&config)).map(|_| {
             println!("{}: ok", config.display());

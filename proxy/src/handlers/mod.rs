@@ -137,6 +137,13 @@ async fn dispatch(
             )))
         }
     };
+    // Authentication first: nothing, not even a route lookup, for an unknown client.
+    let user = match &app.auth {
+        Some(auth) => Some(auth.authenticate(req.headers()).ok_or_else(|| {
+            ProxyError::Unauthorized("send basic credentials or a bearer token".into())
+        })?),
+        None => None,
+    };
     let (client_name, endpoint) = parse_path(req.uri().path())?;
     outcome.route = match endpoint {
         Endpoint::Base => "base",
@@ -159,6 +166,14 @@ async fn dispatch(
         return Ok(resp);
     }
     let target = app.router.route(&client_name, query.ns.as_deref())?;
+    if let (Some(auth), Some(user)) = (&app.auth, &user) {
+        if !auth.allows(user, &target.name) {
+            return Err(ProxyError::Denied(format!(
+                "user {user:?} may not pull {}: no [[auth.grant]] gives it",
+                target.name
+            )));
+        }
+    }
     outcome.name = Some(target.name.clone());
     outcome.upstream = Some(target.upstream.name.clone());
     admit(app, &target)?;

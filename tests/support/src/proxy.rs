@@ -29,7 +29,7 @@ impl Proxy {
     /// Writes `config_toml` to `workdir/portcullis.toml`, with `{LISTEN}` replaced by
     /// `127.0.0.1:<free port>` and `{DATA}` by the path of `workdir/data`, runs
     /// `bin serve --config FILE` with its output appended to `workdir/proxy.log`, and waits until
-    /// `GET /v2/` answers 200 (20 s; panics with the log tail).
+    /// `GET /v2/` answers 200, or 401 with `[auth]` on (20 s; panics with the log tail).
     pub fn start(bin: &Path, workdir: &Path, config_toml: &str) -> Proxy {
         std::fs::create_dir_all(workdir).expect("create proxy workdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -60,7 +60,8 @@ impl Proxy {
 
     fn run(&mut self) {
         self.daemon.spawn();
-        self.daemon.wait_ready(self.addr, |status| status == 200);
+        self.daemon
+            .wait_ready(self.addr, |status| status == 200 || status == 401);
     }
 
     /// Starts it again with the same config and port (SIGKILLing it first if it still runs).

@@ -1,0 +1,148 @@
+//! Client authentication (optional): basic credentials or bearer tokens checked against a file of
+//! hashed secrets, and per-user pull grants on repository globs, checked on every request before
+//! anything else happens. Unauthenticated requests get a `401` with a Basic challenge that Docker,
+//! containerd and podman answer, and are never forwarded upstream.
+//!
+//! The users file holds one `name:hash` per line: an argon2 PHC string (`portcullis hash-secret`
+//! makes one) for passwords, or `sha256:<hex>` for long random tokens. Lines starting with `#`
+//! are comments.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use base64::Engine as _;
+use globset::GlobSet;
+use http::{header, HeaderMap};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub users_file: PathBuf,
+    #[serde(default, rename = "grant")]
+    pub grants: Vec<GrantConfig>,
+}
+
+/// `[[auth.grant]]`: these users may pull these images (`*` for every user).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    pub users: Vec<String>,
+    pub images: Vec<String>,
+}
+
+enum Secret {
+    Argon2(String),
+    Sha256([u8; 32]),
+}
+
+/// Users, their hashed secrets and their grants.
+pub struct Authenticator {
+    users: HashMap<String, Secret>,
+    grants: Vec<(Vec<String>, GlobSet)>,
+    /// Credentials already verified (by a hash of the header), so argon2 runs once per client.
+    verified: moka::sync::Cache<[u8; 32], String>,
+}
+
+impl Authenticator {
+    pub fn load(cfg: &AuthConfig) -> Result<Authenticator, String> {
+        let ctx = format!("[auth] users_file {}", cfg.users_file.display());
+        let text = std::fs::read_to_string(&cfg.users_file).map_err(|e| format!("{ctx}: {e}"))?;
+        let mut users = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || format!("{ctx}, line {}: expected name:hash", n + 1);
+            let (name, hash) = line.split_once(':').ok_or_else(bad)?;
+            let secret = if let Some(hex) = hash.strip_prefix("sha256:") {
+                let bytes = hex::decode(hex).map_err(|_| bad())?;
+                Secret::Sha256(bytes.try_into().map_err(|_| bad())?)
+            } else {
+                PasswordHash::new(hash).map_err(|e| format!("{}: {e}", bad()))?;
+                Secret::Argon2(hash.to_owned())
+            };
+            users.insert(name.to_owned(), secret);
+        }
+        let grants = cfg
+            .grants
+            .iter()
+            .map(|g| {
+                portcullis_policy::compile_globs(&g.images)
+                    .map(|set| (g.users.clone(), set))
+                    .map_err(|e| format!("[[auth.grant]]: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Authenticator {
+            users,
+            grants,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        })
+    }
+
+    /// The user the request's `Authorization` proves, if any.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        if let Some(user) = self.verified.get(&key) {
+            return Some(user);
+        }
+        let (scheme, rest) = value.split_once(' ')?;
+        let user = if scheme.eq_ignore_ascii_case("basic") {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
+            let (name, secret) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
+            self.check(name, secret).then(|| name.to_owned())?
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let digest: [u8; 32] = Sha256::digest(rest.trim().as_bytes()).into();
+            self.users
+                .iter()
+                .find(|(_, s)| matches!(s, Secret::Sha256(h) if *h == digest))
+                .map(|(n, _)| n.clone())?
+        } else {
+            return None;
+        };
+        self.verified.insert(key, user.clone());
+        Some(user)
+    }
+
+    fn check(&self, name: &str, secret: &str) -> bool {
+        match self.users.get(name) {
+            Some(Secret::Sha256(h)) => Sha256::digest(secret.as_bytes()).as_slice() == h,
+            Some(Secret::Argon2(phc)) => PasswordHash::new(phc)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(secret.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Whether `user` may pull `name` (`registry/repository`).
+    pub fn allows(&self, user: &str, name: &str) -> bool {
+        self.grants.iter().any(|(users, images)| {
+            users.iter().any(|u| u == user || u == "*") && images.is_match(name)
+        })
+    }
+}
+
+/// An argon2id PHC string for `secret`, for the users file.
+pub fn hash_secret(secret: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
