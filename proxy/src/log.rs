@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use http::{Request, Response};
 use tower::{Layer, Service};
+use tracing::Instrument as _;
 
 use crate::handlers::Outcome;
 
@@ -44,7 +45,15 @@ where
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let start = Instant::now();
-        let fut = self.inner.call(req);
+        // One span per request: every event logged while handling it (a denial, a stale serve)
+        // carries the request, and the span gets the verdict once it is known.
+        let span = tracing::info_span!(
+            "request",
+            %method,
+            %path,
+            verdict = tracing::field::Empty
+        );
+        let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
             let resp = fut.await?;
             let o = resp
@@ -53,6 +62,10 @@ where
                 .cloned()
                 .unwrap_or_default();
             let status = resp.status().as_u16();
+            if let Some(v) = o.verdict {
+                span.record("verdict", v);
+            }
+            let _inside = span.enter();
             tracing::info!(
                 target: "portcullis::request",
                 %method,
