@@ -281,29 +281,33 @@ async fn signatures(
     let parsed: SigManifest = serde_json::from_slice(&sig.bytes).map_err(|e| {
         ProxyError::BadUpstream(format!("{}:{tag} is not a manifest: {e}", target.name))
     })?;
-    let mut layers = Vec::new();
-    for d in parsed
+    // Every blob of the signature manifest, fetched at once: the payloads to verify, and the
+    // config too, so that the whole artifact is cached for export across an air gap. One round
+    // trip after the manifest's, however many signatures.
+    let wanted: Vec<&SigDescriptor> = parsed
         .layers
         .iter()
-        .filter(|d| d.media_type == SIMPLE_SIGNING)
+        .filter(|d| d.media_type == SIMPLE_SIGNING && d.size <= MAX_PAYLOAD as u64)
         .take(MAX_SIGNATURES)
-    {
-        let Ok(payload_digest) = d.digest.parse::<Digest>() else {
-            continue;
-        };
-        if d.size > MAX_PAYLOAD as u64 {
-            continue;
-        }
-        let payload = payload(app, target, &payload_digest).await?;
-        layers.extend(d.layer(payload.to_vec()));
+        .collect();
+    let fetched = futures_util::future::join_all(
+        sig.refs
+            .iter()
+            .take(MAX_SIGNATURES + 1)
+            .map(|r| async move { (r.clone(), payload(app, target, r).await) }),
+    )
+    .await;
+    let mut blobs = std::collections::HashMap::new();
+    for (d, result) in fetched {
+        blobs.insert(d, result?);
     }
-    // Keep the whole signature manifest (its config too), so that it can be exported and
-    // re-verified on the far side of an air gap.
-    for r in &sig.refs {
-        if app.store.has_blob(r)?.is_none() {
-            payload(app, target, r).await?;
-        }
-    }
+    let layers = wanted
+        .iter()
+        .filter_map(|d| {
+            let bytes = blobs.get(&d.digest.parse::<Digest>().ok()?)?;
+            d.layer(bytes.to_vec())
+        })
+        .collect();
     open_gate(app, target, &sig.refs)?;
     Ok(layers)
 }
