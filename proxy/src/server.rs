@@ -13,7 +13,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -54,7 +54,7 @@ pub async fn serve_state(
             let app = state.load_full();
             async move { Ok::<_, Infallible>(handle(app, req).await) }
         });
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -70,14 +70,16 @@ pub async fn serve_state(
                 };
                 let _ = stream.set_nodelay(true);
                 let svc = TowerToHyperService::new(service.clone());
+                // A watcher per connection: shutdown waits for every one, handshakes included.
+                let watcher = graceful.watcher();
                 match &tls {
-                    None => spawn_conn(&builder, &graceful, stream, svc, peer),
+                    None => spawn_conn(&builder, watcher, stream, svc, peer),
                     Some(tls) => {
                         let acceptor = tls.acceptor();
-                        let (builder, graceful) = (builder.clone(), Arc::clone(&graceful));
+                        let builder = builder.clone();
                         tokio::spawn(async move {
                             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                Ok(Ok(tls_stream)) => spawn_conn(&builder, &graceful, tls_stream, svc, peer),
+                                Ok(Ok(tls_stream)) => spawn_conn(&builder, watcher, tls_stream, svc, peer),
                                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                             }
@@ -90,7 +92,6 @@ pub async fn serve_state(
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -105,7 +106,7 @@ pub async fn serve_state(
 
 fn spawn_conn<I, S>(
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    watcher: Watcher,
     io: I,
     svc: S,
     peer: SocketAddr,
@@ -119,7 +120,7 @@ fn spawn_conn<I, S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    let conn = graceful.watch(conn);
+    let conn = watcher.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
