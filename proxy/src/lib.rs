@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod handlers;
+pub mod linger;
 pub mod log;
 pub mod metrics;
 pub mod reload;

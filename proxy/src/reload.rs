@@ -40,13 +40,16 @@ pub async fn watch(state: State, path: PathBuf, tls: Option<Arc<Tls>>) {
 
 fn reload(state: &State, path: &Path, tls: Option<&Tls>) {
     let current = state.load_full();
+    // Build everything first; only a configuration that is whole replaces the one in force,
+    // certificates included.
     let result = Config::from_file(path)
         .map_err(|e| e.to_string())
-        .and_then(|config| {
+        .and_then(|config| current.reload(config))
+        .and_then(|app| {
             if let Some(tls) = tls {
-                tls.reload(&config.server)?;
+                tls.reload(&app.config.server)?;
             }
-            current.reload(config)
+            Ok(app)
         });
     match result {
         Ok(app) => {

@@ -22,6 +22,7 @@ use tower::ServiceBuilder;
 use crate::app::App;
 use crate::body::{full, ResponseBody};
 use crate::handlers::handle;
+use crate::linger::Lingerers;
 use crate::log::LogLayer;
 use crate::tls::Tls;
 
@@ -55,6 +56,7 @@ pub async fn serve_state(
             async move { Ok::<_, Infallible>(handle(app, req).await) }
         });
     let graceful = GracefulShutdown::new();
+    let lingerers = Lingerers::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -69,6 +71,7 @@ pub async fn serve_state(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let stream = lingerers.wrap(stream);
                 let svc = TowerToHyperService::new(service.clone());
                 // A watcher per connection: shutdown waits for every one, handshakes included.
                 let watcher = graceful.watcher();
