@@ -47,6 +47,19 @@ async fn upstream_failures_map_to_oci_errors() {
                 "{sub} {path}"
             );
         }
+        // Readiness reports the upstream's state but never fails on it.
+        let ready = http::get(&format!("{}/readyz", p.url())).await;
+        assert_eq!(ready.status, 200);
+        let r: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
+        let state = &r["upstreams"]["upstream.test"]["state"];
+        let expected_state = if status == 429 {
+            "reachable"
+        } else {
+            "unreachable"
+        };
+        if sub != "broken" {
+            assert_eq!(state, expected_state, "{sub}: {r}");
+        }
         assert!(std::fs::read_dir(p.data_dir.join("blobs/sha256"))
             .unwrap()
             .next()

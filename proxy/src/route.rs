@@ -156,6 +156,11 @@ impl Router {
         }
     }
 
+    /// The configured upstreams.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
     fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
         if let Some(up) = self.upstreams.iter().find(|u| u.name == name) {
             return Some(Arc::clone(up));

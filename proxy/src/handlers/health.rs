@@ -24,7 +24,8 @@ pub fn readiness(app: &App) -> String {
         "cache": { "dir": app.config.cache.dir, "bytes": app.store.size() },
         "config": "loaded",
         "offline": app.offline(),
-        "upstreams": app.config.upstreams.iter().map(|u| (u.name.clone(), "not probed")).collect::<std::collections::BTreeMap<_, _>>(),
+        // Reported, never a reason to be unready: cached and stale content can still be served.
+        "upstreams": app.router.upstreams().iter().map(|u| (u.name.clone(), u.reachability())).collect::<std::collections::BTreeMap<_, _>>(),
     })
     .to_string()
 }

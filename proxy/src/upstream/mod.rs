@@ -40,6 +40,8 @@ pub struct Upstream {
     /// An offline mirror never connects: every exchange fails before any DNS or TCP.
     offline: bool,
     metrics: Metrics,
+    /// The outcome of the last exchange, for `/readyz`.
+    last: Mutex<Option<(std::time::SystemTime, Result<u16, String>)>>,
     pub read_timeout: Duration,
     pub timeout: Duration,
 }
@@ -81,6 +83,7 @@ impl Upstream {
             basic: AtomicBool::new(false),
             offline,
             metrics,
+            last: Mutex::new(None),
             read_timeout: cfg.read_timeout,
             timeout: cfg.timeout,
         })
@@ -208,6 +211,11 @@ impl Upstream {
             upstream: self.name.clone(),
         };
         let result = self.exchange_once(req).await;
+        let seen = match &result {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(e) => Err(e.to_string()),
+        };
+        *self.last.lock().expect("last lock") = Some((std::time::SystemTime::now(), seen));
         match &result {
             Ok(_) => self
                 .metrics
@@ -293,6 +301,25 @@ impl Upstream {
             .expect("token cache lock")
             .put(scope, token.clone(), parsed.expires_in);
         Ok(token)
+    }
+}
+
+impl Upstream {
+    /// How the last exchange went, as `/readyz` reports it (nothing is probed).
+    pub fn reachability(&self) -> serde_json::Value {
+        match &*self.last.lock().expect("last lock") {
+            None if self.offline => serde_json::json!({ "state": "offline" }),
+            None => serde_json::json!({ "state": "no request yet" }),
+            Some((at, outcome)) => {
+                let at = humantime::format_rfc3339_seconds(*at).to_string();
+                match outcome {
+                    Ok(status) => {
+                        serde_json::json!({ "state": "reachable", "status": status, "at": at })
+                    }
+                    Err(e) => serde_json::json!({ "state": "unreachable", "error": e, "at": at }),
+                }
+            }
+        }
     }
 }
 
