@@ -13,10 +13,11 @@ use crate::upstream::{read_limited, status_error};
 
 const MAX_TAG_LIST: usize = 8 * 1024 * 1024;
 
+/// Only checked for shape: the upstream's bytes are passed on unchanged.
 #[derive(Deserialize)]
 struct TagList {
-    #[allow(dead_code)]
-    tags: Option<Vec<String>>,
+    #[serde(rename = "tags")]
+    _tags: Option<Vec<String>>,
 }
 
 pub async fn serve(
