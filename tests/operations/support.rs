@@ -1,0 +1,275 @@
+//! Shared helpers: running commands and curl, and portcullis with TLS on its listener.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_testkit::http::Response;
+use portcullis_testkit::{config_for, free_port, push, require_tools, tempdir, Image, Registry};
+
+use crate::pki::{Pki, Use};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+// ---------------------------------------------------------------------------------------------
+// Running commands
+
+/// What a finished command said.
+pub(crate) struct Out {
+    pub(crate) ok: bool,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+pub(crate) fn exec(cmd: &mut Command) -> Out {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    Out {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `cmd`, panicking with its stderr unless it succeeds; its stdout.
+pub(crate) fn run(cmd: &mut Command) -> String {
+    let out = exec(cmd);
+    assert!(
+        out.ok,
+        "{cmd:?} ({:?}):\n{}{}",
+        out.code, out.stderr, out.stdout
+    );
+    out.stdout
+}
+
+/// `curl -sS --max-time 60 ARGS`.
+pub(crate) fn curl(args: &[&str]) -> Out {
+    exec(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "60"])
+            .args(args),
+    )
+}
+
+/// The HTTP status curl got for `url` (`-o /dev/null -w %{http_code}`), `None` if the exchange
+/// failed (handshake refused, connection reset).
+pub(crate) fn curl_status(url: &str, extra: &[&str]) -> Option<u16> {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args);
+    if !out.ok {
+        return None;
+    }
+    out.stdout.trim().parse().ok().filter(|s| *s != 0)
+}
+
+pub(crate) fn kill_signal(pid: u32, signal: &str) {
+    run(Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string()));
+}
+
+/// Polls `f` every 100 ms until it holds or `timeout` passes; whether it held.
+pub(crate) fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub(crate) fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+pub(crate) fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+pub(crate) fn code(resp: &Response) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+    v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+}
+
+/// Every file skopeo wrote for an image (manifest, config, layers), name by name.
+pub(crate) fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `skopeo --insecure-policy copy FLAGS docker://SRC dir:DEST`.
+pub(crate) fn skopeo(flags: &[&str], src: &str, dest: &Path) -> Out {
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    exec(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy"])
+            .args(flags)
+            .arg(format!("docker://{src}"))
+            .arg(format!("dir:{}", dest.display())),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// portcullis with TLS on its listener
+
+/// A portcullis whose listener speaks TLS: [`Proxy::start`] probes over plain HTTP, so this
+/// starts the binary itself and probes with curl. Killed on drop.
+pub(crate) struct TlsProxy {
+    pub(crate) addr: SocketAddr,
+    log: PathBuf,
+    pub(crate) child: Child,
+}
+
+impl TlsProxy {
+    /// Writes `config_toml` (with `{LISTEN}` and `{DATA}` replaced, as [`Proxy::start`] does) to
+    /// `workdir/portcullis.toml`, runs `portcullis serve`, and waits (20 s) until
+    /// `curl PROBE https://ADDR/v2/` answers 200.
+    pub(crate) fn start(workdir: &Path, config_toml: &str, probe: &[&str]) -> TlsProxy {
+        std::fs::create_dir_all(workdir).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = config_toml
+            .replace("{LISTEN}", &addr.to_string())
+            .replace("{DATA}", &workdir.join("data").display().to_string());
+        let config = workdir.join("portcullis.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = workdir.join("proxy.log");
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn portcullis");
+        let mut proxy = TlsProxy { addr, log, child };
+        let url = format!("{}/v2/", proxy.url());
+        let start = Instant::now();
+        while curl_status(&url, probe) != Some(200) {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("portcullis exited at start ({status}):\n{}", proxy.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "portcullis not ready on {url} (curl {probe:?}):\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        proxy
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub(crate) fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub(crate) fn hup(&self) {
+        kill_signal(self.child.id(), "HUP");
+    }
+
+    pub(crate) fn log(&self) -> String {
+        read_log(&self.log)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `config_for` with `[server] tls_cert` and `tls_key` (and `client_ca` if given).
+pub(crate) fn tls_config(base: &str, cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
+    let mut server = format!(
+        "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    if let Some(ca) = client_ca {
+        server.push_str(&format!("client_ca = \"{}\"\n", ca.display()));
+    }
+    assert!(base.starts_with("[server]\n"));
+    base.replacen("[server]\n", &server, 1)
+}
+
+/// An upstream holding `test/small:v1`, and a PKI with a root CA `root`, an intermediate `int`
+/// and a server certificate `srv` (serial 0x1001) for 127.0.0.1 signed by the intermediate.
+/// The chain file `srv-chain.pem` is the server certificate followed by the intermediate.
+pub(crate) struct TlsWorld {
+    _dir: tempfile::TempDir,
+    pub(crate) work: PathBuf,
+    pub(crate) upstream: Registry,
+    pub(crate) pki: Pki,
+}
+
+impl TlsWorld {
+    pub(crate) fn new() -> TlsWorld {
+        require_tools();
+        let dir = tempdir();
+        let work = dir.path().to_owned();
+        let upstream = Registry::start(&work);
+        push(Image::Small, &upstream, "test/small:v1");
+        let pki = Pki::new(&work.join("pki"));
+        pki.root("root");
+        pki.issue("root", "int", Use::Intermediate, 0x10, false);
+        pki.issue("int", "srv", Use::Server, 0x1001, false);
+        pki.chain("srv", &["int"]);
+        TlsWorld {
+            _dir: dir,
+            work,
+            upstream,
+            pki,
+        }
+    }
+
+    /// `[server]` with the chain and key, default upstream `name` = the registry.
+    pub(crate) fn config(&self, name: &str, client_ca: Option<&Path>, extra: &str) -> String {
+        tls_config(
+            &config_for(name, &self.upstream.url(), extra),
+            &self.pki.dir.join("srv-chain.pem"),
+            &self.pki.key("srv"),
+            client_ca,
+        )
+    }
+
+    /// A dir holding the root CA as `ca.crt`: what `--cert-dir` of skopeo and podman reads.
+    pub(crate) fn cert_dir(&self) -> PathBuf {
+        let d = self.work.join("cert-dir");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(self.pki.pem("root"), d.join("ca.crt")).unwrap();
+        d
+    }
+}
