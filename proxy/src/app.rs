@@ -57,6 +57,9 @@ impl App {
         if config.server.listen != self.config.server.listen {
             tracing::warn!("[server] listen changed: takes effect on restart");
         }
+        if config.server.tls_cert.is_some() != self.config.server.tls_cert.is_some() {
+            tracing::warn!("[server] TLS turned on or off: takes effect on restart");
+        }
         App::assemble(
             config,
             Arc::clone(&self.store),
