@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use portcullis_testkit::dir_files as files;
 use portcullis_testkit::{
     config_for, http, push, require_tools, skopeo_copy, skopeo_copy_all, tempdir, write_hosts_toml,
     Containerd, Fault, FaultServer, Image, Proxy, Registry,
@@ -17,22 +18,6 @@ fn start(work: &Path, upstream: &Registry) -> Proxy {
         &work.join("proxy"),
         &config_for(&upstream.host(), &upstream.url(), ""),
     )
-}
-
-/// Every file skopeo wrote for an image (manifest, config, layers), name by name.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn layer_digests(manifest: &[u8]) -> Vec<String> {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use portcullis_testkit::cosign::signature_tag;
+pub(crate) use portcullis_testkit::dir_files as files;
 use portcullis_testkit::http::{self, Response};
 use serde_json::Value;
 
@@ -78,22 +79,6 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &target).unwrap();
         }
     }
-}
-
-/// Every file skopeo wrote for an image (manifest, config, layers), name by name.
-pub(crate) fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 pub(crate) fn code_and_message(resp: &Response) -> (u16, String, String) {

@@ -9,6 +9,7 @@ use portcullis_testkit::http::Response;
 use portcullis_testkit::{config_for, free_port, push, require_tools, tempdir, Image, Registry};
 
 use crate::pki::{Pki, Use};
+pub(crate) use portcullis_testkit::dir_files as files;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -102,22 +103,6 @@ pub(crate) fn count(haystack: &str, needle: &str) -> usize {
 pub(crate) fn code(resp: &Response) -> String {
     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
     v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
-}
-
-/// Every file skopeo wrote for an image (manifest, config, layers), name by name.
-pub(crate) fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// `skopeo --insecure-policy copy FLAGS docker://SRC dir:DEST`.

@@ -39,4 +39,4 @@ pub use fixtures::{
 };
 pub use proxy::{config_for, Proxy};
 pub use registry::Registry;
-pub use tools::{free_port, require_tools, sha256_hex, tempdir};
+pub use tools::{dir_files, free_port, require_tools, sha256_hex, tempdir};

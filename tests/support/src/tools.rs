@@ -110,6 +110,21 @@ pub(crate) fn blocking_http(
     Ok(RawResponse { status, headers })
 }
 
+/// Every file directly in `dir` (what `skopeo copy … dir:DIR` writes), name and bytes, sorted by
+/// name: two pulls of the same image compare equal.
+pub fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.expect("directory entry");
+            let bytes = std::fs::read(e.path()).expect("read a file");
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
