@@ -23,6 +23,8 @@ pub struct App {
     /// Verdicts by `fingerprint\0name\0digest`, in front of their RocksDB copies. The key holds
     /// the policy fingerprint, so a policy or trust change misses it without a flush.
     pub verdicts: Cache<String, Arc<Verdict>>,
+    /// Verdict keys whose gates (and vouchers) are already written.
+    pub gated: Cache<String, ()>,
     pub flights: Arc<Flights>,
     pub metrics: Metrics,
     /// Client authentication, when `[auth]` is configured.
@@ -45,7 +47,8 @@ impl App {
         })?;
         let metrics = Metrics::new();
         let flights = Arc::new(Flights::new(metrics.clone()));
-        App::assemble(config, store, Cache::new(100_000), flights, metrics)
+        let caches = (Cache::new(100_000), Cache::new(100_000));
+        App::assemble(config, store, caches, flights, metrics)
     }
 
     /// The same cache, fetches and metrics under a new configuration. `listen` and `[cache]`
@@ -63,7 +66,7 @@ impl App {
         App::assemble(
             config,
             Arc::clone(&self.store),
-            self.verdicts.clone(),
+            (self.verdicts.clone(), self.gated.clone()),
             Arc::clone(&self.flights),
             self.metrics.clone(),
         )
@@ -72,7 +75,7 @@ impl App {
     fn assemble(
         config: Config,
         store: Arc<Store>,
-        verdicts: Cache<String, Arc<Verdict>>,
+        (verdicts, gated): (Cache<String, Arc<Verdict>>, Cache<String, ()>),
         flights: Arc<Flights>,
         metrics: Metrics,
     ) -> Result<App, String> {
@@ -91,6 +94,7 @@ impl App {
             policy,
             store,
             verdicts,
+            gated,
             flights,
             metrics,
             config,

@@ -91,7 +91,7 @@ fn pump(
             loop {
                 let (releasable, done) = match &*progress.borrow_and_update() {
                     Progress::Streaming { size, written } => (releasable(*size, *written), false),
-                    Progress::Verified { size } => (*size, true),
+                    Progress::Verified { size, .. } => (*size, true),
                     Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
                     Progress::Starting => (0, false),
                 };

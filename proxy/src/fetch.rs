@@ -29,7 +29,8 @@ pub enum Progress {
     /// Bytes are being received, hashed and written.
     Streaming { size: Option<u64>, written: u64 },
     /// All bytes matched the digest: the whole blob may be released.
-    Verified { size: u64 },
+    /// `committed` turns true once the blob is durable and visible in the store.
+    Verified { size: u64, committed: bool },
     /// Nothing will be cached; clients must abort.
     Failed(Arc<ProxyError>),
 }
@@ -240,8 +241,16 @@ fn write_all(
     let t = std::time::Instant::now();
     let size = writer.verify().map_err(bad)?;
     tracing::debug!(verify_ms = t.elapsed().as_millis() as u64, "verified");
-    progress.send_replace(Progress::Verified { size });
-    writer.commit().map_err(bad)
+    progress.send_replace(Progress::Verified {
+        size,
+        committed: false,
+    });
+    let size = writer.commit().map_err(bad)?;
+    progress.send_replace(Progress::Verified {
+        size,
+        committed: true,
+    });
+    Ok(size)
 }
 
 /// Keeps the store under its size after a write; off the client's path.

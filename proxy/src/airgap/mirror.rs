@@ -3,7 +3,6 @@
 //! normal path (resolve, verify, fetch every blob hash-checked), then exports them.
 
 use std::path::Path;
-use std::time::Duration;
 
 use portcullis_cache::Digest;
 use portcullis_policy::{Decision, NameDecision};
@@ -144,7 +143,7 @@ async fn pull(app: &App, image: &str) -> Result<String, String> {
     Ok(format!("{}:{tag}", target.name))
 }
 
-/// Fetches a blob through the single-flight path and waits until it is committed.
+/// Fetches a blob through the single-flight path and waits until the store holds it.
 async fn blob(app: &App, target: &Target, digest: &Digest) -> Result<(), String> {
     if app
         .store
@@ -160,23 +159,20 @@ async fn blob(app: &App, target: &Target, digest: &Digest) -> Result<(), String>
         .map_err(|e| e.to_string())?;
     let mut progress = flight.progress.clone();
     let state = progress
-        .wait_for(|p| matches!(p, Progress::Verified { .. } | Progress::Failed(_)))
+        .wait_for(|p| {
+            matches!(
+                p,
+                Progress::Verified {
+                    committed: true,
+                    ..
+                } | Progress::Failed(_)
+            )
+        })
         .await
         .map_err(|_| "blob fetch vanished".to_owned())?
         .clone();
-    if let Progress::Failed(e) = state {
-        return Err(e.to_string());
+    match state {
+        Progress::Failed(e) => Err(e.to_string()),
+        _ => Ok(()),
     }
-    for _ in 0..600 {
-        if app
-            .store
-            .has_blob(digest)
-            .map_err(|e| e.to_string())?
-            .is_some()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("blob {digest} was verified but not committed"))
 }

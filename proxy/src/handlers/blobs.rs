@@ -60,7 +60,7 @@ pub async fn serve(
         Progress::Streaming {
             size: Some(size), ..
         }
-        | Progress::Verified { size } => size,
+        | Progress::Verified { size, .. } => size,
         Progress::Failed(e) => return Err((*e).clone()),
         _ => unreachable!("waited for a size or a verdict"),
     };

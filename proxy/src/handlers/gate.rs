@@ -184,6 +184,11 @@ pub fn enforce(
             tracing::debug!(name = %target.name, %digest, verdict = %verdict.message, "verified")
         }
     }
+    // Gates and vouchers are written once per manifest and policy, not on every request.
+    let key = verdict_key(app, &target.name, digest);
+    if app.gated.contains_key(&key) {
+        return Ok(());
+    }
     open_gate(app, target, &manifest.refs)?;
     let verified = verdict.decision == Decision::Allow && !verdict.rules.is_empty() && !audited;
     if verified {
@@ -203,6 +208,7 @@ pub fn enforce(
             )?;
         }
     }
+    app.gated.insert(key, ());
     Ok(())
 }
 
