@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_policy::{
-    AuthorityConfig, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy, RootConfig,
+    AuthorityConfig, Evidence, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy, RootConfig,
     RuleConfig, SignatureLayer, TrustConfig,
 };
 use portcullis_testkit::cosign::{simple_signing_payload, CosignKey, TestSigstore};
@@ -16,6 +16,7 @@ fn rule(name: &str, image: &str, authority: AuthorityConfig) -> RuleConfig {
         mode: Mode::Enforce,
         threshold: None,
         authorities: vec![authority],
+        ..Default::default()
     }
 }
 
@@ -41,7 +42,7 @@ fn evaluate(c: &mut Criterion) {
             "r.test/keyed",
             AuthorityConfig {
                 key: Some("release".into()),
-                keyless: None,
+                ..Default::default()
             },
         ),
         rule(
@@ -55,6 +56,7 @@ fn evaluate(c: &mut Criterion) {
                     issuer_regex: None,
                     subject: None,
                     subject_regex: Some("^builder@".into()),
+                ..Default::default()
                 }),
             },
         ),
@@ -63,11 +65,12 @@ fn evaluate(c: &mut Criterion) {
     let digest = format!("sha256:{}", "ab".repeat(32));
 
     let payload = simple_signing_payload("r.test/keyed", &digest);
-    let keyed = vec![SignatureLayer {
+    let keyed: Evidence = vec![SignatureLayer {
         signature: key.sign(&payload),
         payload,
         ..SignatureLayer::default()
-    }];
+    }]
+    .into();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -80,13 +83,14 @@ fn evaluate(c: &mut Criterion) {
         now + 600,
     );
     let signature = leaf.sign(&payload);
-    let keyless = vec![SignatureLayer {
+    let keyless: Evidence = vec![SignatureLayer {
         bundle: Some(sigstore.set_bundle(&payload, &signature, &leaf.cert_pem, now)),
         certificate: Some(leaf.cert_pem.clone()),
         signature,
         payload,
         chain: None,
-    }];
+    }]
+    .into();
     assert_eq!(
         policy.evaluate("r.test/keyed", &digest, &keyed).decision,
         portcullis_policy::Decision::Allow

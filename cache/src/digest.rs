@@ -86,6 +86,21 @@ impl fmt::Display for Digest {
     }
 }
 
+/// As its `sha256:<hex>` text, so that descriptors can hold a parsed [`Digest`].
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// From `sha256:<hex>` text; anything [`Digest::from_str`] refuses is an error.
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -156,5 +171,14 @@ mod tests {
             long.parse::<Digest>(),
             Err(DigestError::Unsupported("sha512".into()))
         );
+    }
+
+    #[test]
+    fn serde_round_trips_as_text() {
+        let d = Digest::of(b"x");
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{d}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<Digest>("\"sha256:zz\"").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The trust and rule tables of the configuration. The key names are a contract: docs and tests
 //! outside the code rely on them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,7 @@ pub enum Mode {
 }
 
 /// `[[rule]]`: images it covers, who may vouch for them, and what a failure does.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
@@ -58,19 +59,43 @@ pub struct RuleConfig {
     pub threshold: Option<usize>,
     #[serde(default, rename = "authority")]
     pub authorities: Vec<AuthorityConfig>,
+    /// In-toto attestations the image must also carry.
+    #[serde(default, rename = "attestation")]
+    pub attestations: Vec<AttestationConfig>,
+    /// Require the base image named by the `org.opencontainers.image.base.{name,digest}`
+    /// annotations to pass its own rules too.
+    #[serde(default)]
+    pub verify_base: bool,
+}
+
+/// `[[rule.attestation]]`: an in-toto attestation of `predicate_type`, signed by one of
+/// `authorities` (names of the rule's `[[rule.authority]]`s; all of them when empty), whose
+/// predicate satisfies every CEL expression in `conditions`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    pub predicate_type: String,
+    #[serde(default)]
+    pub authorities: Vec<String>,
+    /// CEL over `predicate` (the statement's predicate), `predicateType` and `subject`.
+    #[serde(default)]
+    pub conditions: Vec<String>,
 }
 
 /// `[[rule.authority]]`: a key, or a keyless identity. Exactly one of the two.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorityConfig {
+    /// What `[[rule.attestation]] authorities` call this authority; defaults to the key's name,
+    /// or `keyless-<n>` (1-based) for a keyless one.
+    pub name: Option<String>,
     /// The name of a `[[trust.key]]`.
     pub key: Option<String>,
     pub keyless: Option<KeylessConfig>,
 }
 
 /// A Fulcio certificate identity, checked offline against a `[[trust.root]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeylessConfig {
     /// The name of a `[[trust.root]]`.
@@ -80,4 +105,11 @@ pub struct KeylessConfig {
     /// The certificate's SAN: an email, or a URI (workflow URLs, SPIFFE IDs).
     pub subject: Option<String>,
     pub subject_regex: Option<String>,
+    /// Fulcio certificate claims that must equal these values, by name: the CI claims
+    /// (`source_repository_uri`, `source_repository_ref`, `source_repository_digest`,
+    /// `build_trigger`, `build_signer_uri`, `runner_environment`, …) and GitHub's legacy ones
+    /// (`github_workflow_repository`, `github_workflow_ref`, `github_workflow_sha`,
+    /// `github_workflow_trigger`, `github_workflow_name`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
 }

@@ -2,6 +2,7 @@
 //! SET's entry matching this signature, the certificate chain to a Fulcio root at the time the log
 //! integrated the entry, the signature with the certificate's key, and the identity.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
@@ -28,19 +29,22 @@ const OID_ISSUER_V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.
 /// Fulcio's OIDC issuer, current form: a DER UTF8String.
 const OID_ISSUER_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.8");
 
-/// Who a certificate names: its OIDC issuer and its SAN subjects (emails and URIs).
+/// Who a certificate names: its OIDC issuer, its SAN subjects (emails and URIs, SPIFFE IDs
+/// among them) and its Fulcio CI claims.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub issuer: Option<String>,
     pub subjects: Vec<String>,
+    pub claims: BTreeMap<&'static str, String>,
 }
 
-/// Exact or regex constraints on an identity.
+/// Exact or regex constraints on an identity, and exact CI claims.
 pub struct IdentityMatcher {
     pub issuer: Option<String>,
     pub issuer_regex: Option<Regex>,
     pub subject: Option<String>,
     pub subject_regex: Option<Regex>,
+    pub claims: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -202,7 +206,10 @@ fn check_chain(
 
 /// Reads the OIDC issuer (both Fulcio extensions) and the SAN emails and URIs.
 pub fn identity(cert: &Certificate) -> Result<Identity, String> {
-    let mut id = Identity::default();
+    let mut id = Identity {
+        claims: crate::claims::of(&cert.to_der().map_err(|e| format!("certificate: {e}"))?),
+        ..Identity::default()
+    };
     for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
         let value = ext.extn_value.as_bytes();
         if ext.extn_id == OID_ISSUER_V2 {
@@ -262,6 +269,14 @@ impl IdentityMatcher {
                 ));
             }
         }
+        for (claim, want) in &self.claims {
+            let have = id.claims.get(claim.as_str());
+            if have != Some(want) {
+                return Err(format!(
+                    "identity mismatch: certificate claim {claim} is {have:?}, not {want:?}"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -276,6 +291,11 @@ impl IdentityMatcher {
             .clone()
             .or_else(|| self.subject_regex.as_ref().map(|r| format!("/{r}/")))
             .unwrap_or_else(|| "any".into());
-        format!("issuer {issuer}, subject {subject}")
+        let claims: String = self
+            .claims
+            .iter()
+            .map(|(k, v)| format!(", {k} {v}"))
+            .collect();
+        format!("issuer {issuer}, subject {subject}{claims}")
     }
 }

@@ -1,7 +1,7 @@
 //! Trust decisions for portcullis.
 //!
-//! Given a normalised image name (`registry/repository`), a manifest digest and the cosign
-//! signature layers the proxy fetched for it, this crate decides whether the image may be served:
+//! Given a normalised image name (`registry/repository`), a manifest digest and the evidence the
+//! proxy fetched for it (cosign `.sig`/`.att` layers, Sigstore bundles), this crate decides whether the image may be served:
 //! the allow-list and deny-list, the `[[rule]]`s that cover the name (keyed and keyless
 //! authorities, checked offline against local keys and Sigstore trusted roots), and
 //! `[policy] default` for names no rule covers. It knows nothing of HTTP or storage: the proxy
@@ -12,24 +12,44 @@
 //! - `config`: the `[[trust.*]]` and `[[rule]]` tables.
 //! - `trust`: keys and trusted roots loaded from files (and the bundled public-good root).
 //! - `signature`: a fetched signature layer, the payload binding and keyed checks.
-//! - `keyless`: SET, chain-at-log-time and identity checks.
+//! - `attestation`: a legacy `.att` layer (DSSE), keyed checks and its bundle equivalent.
+//! - `bundle`: Sigstore bundles, verified with `sigstore-verify` (proofs, TSA, Rekor v2).
+//! - `statement`: in-toto statements, their subject binding and provenance.
+//! - `keyless`: SET, chain-at-log-time and identity checks for legacy signatures.
+//! - `claims`: Fulcio CI claims by name.
+//! - `conditions`: CEL conditions on attestations.
+//! - `authority`: what each authority vouches for among the evidence.
 //! - `rules`: rule evaluation and the [`Verdict`].
+//! - `report`: the verdict's full chain, for people.
 
+mod attestation;
+mod authority;
+mod bundle;
+mod claims;
+mod conditions;
 mod config;
 mod keyless;
 mod names;
+mod report;
 mod rules;
 mod signature;
+mod statement;
 mod trust;
 
 use sha2::{Digest as _, Sha256};
 
+pub use attestation::AttestationLayer;
+pub use bundle::MEDIA_TYPE_PREFIX as BUNDLE_MEDIA_TYPE_PREFIX;
 pub use config::{
-    AuthorityConfig, KeyConfig, KeylessConfig, Mode, RootConfig, RuleConfig, TrustConfig,
+    AttestationConfig, AuthorityConfig, KeyConfig, KeylessConfig, Mode, RootConfig, RuleConfig,
+    TrustConfig,
 };
 pub use names::{compile_globs, DefaultAction, NameDecision, NamePolicy, NamePolicyConfig};
-pub use rules::{AuthorityResult, Decision, Rule, RuleResult, Verdict};
+pub use rules::{
+    AttestationResult, AuthorityResult, Decision, FoundAttestation, Rule, RuleResult, Verdict,
+};
 pub use signature::SignatureLayer;
+pub use statement::Provenance;
 pub use trust::{TrustStore, BUILTIN_PUBLIC_GOOD};
 
 /// A configuration the policy cannot be built from.
@@ -89,16 +109,55 @@ impl Policy {
         self.rules.iter().filter(|r| r.matches(name)).collect()
     }
 
-    /// Decides on `name@digest` given the signature layers found for it.
-    pub fn evaluate(&self, name: &str, digest: &str, layers: &[SignatureLayer]) -> Verdict {
+    /// Decides on `name@digest` given the evidence found for it.
+    pub fn evaluate(&self, name: &str, digest: &str, evidence: &Evidence) -> Verdict {
         let rules = self.rules_for(name);
         rules::verdict(
             name,
             digest,
             &rules,
-            layers,
+            evidence,
             &self.trust,
             self.names.default_action(),
         )
+    }
+
+    /// Whether a rule covering `name` asks for its base image to be verified too, and the
+    /// strictest mode among those that do (what a failing base image does).
+    pub fn verify_base(&self, name: &str) -> Option<Mode> {
+        self.rules_for(name)
+            .iter()
+            .filter(|r| r.verify_base)
+            .map(|r| r.mode)
+            .min_by_key(|m| match m {
+                Mode::Enforce => 0,
+                Mode::Warn => 1,
+                Mode::Audit => 2,
+            })
+    }
+}
+
+/// Everything the proxy found for one manifest: legacy cosign signatures (`.sig`) and
+/// attestations (`.att`), and Sigstore bundles from the referrers. All of it is unverified input.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    pub signatures: Vec<SignatureLayer>,
+    pub attestations: Vec<AttestationLayer>,
+    /// Bundle JSON (any version).
+    pub bundles: Vec<Vec<u8>>,
+}
+
+impl From<Vec<SignatureLayer>> for Evidence {
+    fn from(signatures: Vec<SignatureLayer>) -> Evidence {
+        Evidence {
+            signatures,
+            ..Evidence::default()
+        }
+    }
+}
+
+impl Evidence {
+    pub fn is_empty(&self) -> bool {
+        self.signatures.is_empty() && self.attestations.is_empty() && self.bundles.is_empty()
     }
 }

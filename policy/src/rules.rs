@@ -1,17 +1,17 @@
 //! Rules: which images they cover, which authorities may vouch, and the verdict.
 //!
-//! Every rule that matches a name must pass. Within a rule, any one authority suffices, or
-//! `threshold` distinct ones. Each authority is checked against the same fetched signatures, and a
-//! key or an identity is always checked on the same signature layer as the binding.
+//! Every rule that matches a name must pass. Within a rule, any one authority must sign the image
+//! (or `threshold` distinct ones), and every `[[rule.attestation]]` must be met by an attestation
+//! one of its authorities signed. All of it is checked against the same fetched evidence.
 
 use globset::GlobSet;
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthorityConfig, Mode, RuleConfig};
-use crate::keyless::{self, IdentityMatcher};
+use crate::authority::{Authority, Findings, Items};
+use crate::conditions::Condition;
+use crate::config::{Mode, RuleConfig};
 use crate::names::{compile_globs, DefaultAction};
-use crate::signature::SignatureLayer;
+use crate::statement::Provenance;
 use crate::trust::TrustStore;
 use crate::PolicyError;
 
@@ -20,16 +20,18 @@ pub struct Rule {
     pub name: String,
     pub mode: Mode,
     pub threshold: usize,
+    pub verify_base: bool,
     images: GlobSet,
     authorities: Vec<Authority>,
+    attestations: Vec<Requirement>,
 }
 
-enum Authority {
-    Key(String),
-    Keyless {
-        root: String,
-        matcher: IdentityMatcher,
-    },
+/// A compiled `[[rule.attestation]]`.
+struct Requirement {
+    predicate_type: String,
+    /// Indexes into the rule's authorities.
+    authorities: Vec<usize>,
+    conditions: Vec<Condition>,
 }
 
 /// What the proxy does with an image.
@@ -52,6 +54,54 @@ pub struct Verdict {
     pub rules: Vec<RuleResult>,
     /// The people-readable summary.
     pub message: String,
+    /// Attestations some authority of a matching rule signed, whether or not a rule asked.
+    #[serde(default)]
+    pub attestations: Vec<FoundAttestation>,
+    /// The base image's verdict, under `verify_base`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<Verdict>>,
+}
+
+impl Verdict {
+    /// A denial that no rule made (a refused name, a base image that cannot be found).
+    pub fn denied(name: &str, digest: &str, message: String) -> Verdict {
+        Verdict {
+            name: name.into(),
+            digest: digest.into(),
+            decision: Decision::Deny,
+            rules: Vec::new(),
+            message,
+            attestations: Vec::new(),
+            base: None,
+        }
+    }
+
+    /// Folds in the base image's verdict under a `verify_base` rule of `mode`: a base image
+    /// that is denied fails this image as the rule's mode says.
+    pub fn with_base(&mut self, base: Verdict, mode: Mode) {
+        if base.decision == Decision::Deny {
+            let head = base.message.split(" | ").next().unwrap_or_default();
+            self.message = format!(
+                "{} | base image {}@{} failed (verify_base): {head}",
+                self.message, base.name, base.digest
+            );
+            match mode {
+                Mode::Enforce => self.decision = Decision::Deny,
+                Mode::Warn if self.decision == Decision::Allow => self.decision = Decision::Warn,
+                _ => {}
+            }
+        }
+        self.base = Some(Box::new(base));
+    }
+}
+
+/// A verified attestation: what it is, who signed it, and what provenance says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundAttestation {
+    pub predicate_type: String,
+    pub kind: String,
+    pub signer: String,
+    pub provenance: Option<Provenance>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +111,15 @@ pub struct RuleResult {
     pub passed: bool,
     pub threshold: usize,
     pub authorities: Vec<AuthorityResult>,
+    #[serde(default)]
+    pub attestations: Vec<AttestationResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestationResult {
+    pub predicate_type: String,
+    pub satisfied: bool,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,7 +143,18 @@ impl Rule {
         let authorities = cfg
             .authorities
             .iter()
-            .map(|a| Authority::compile(a, trust).map_err(&bad))
+            .enumerate()
+            .map(|(i, a)| Authority::compile(a, i + 1, trust).map_err(&bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in authorities.iter().enumerate() {
+            if authorities[..i].iter().any(|b| b.name == a.name) {
+                return Err(bad(format!("two authorities are named {:?}", a.name)));
+            }
+        }
+        let attestations = cfg
+            .attestations
+            .iter()
+            .map(|a| Requirement::compile(a, &authorities).map_err(&bad))
             .collect::<Result<Vec<_>, _>>()?;
         let threshold = cfg.threshold.unwrap_or(1);
         if threshold == 0 || threshold > authorities.len() {
@@ -97,8 +167,10 @@ impl Rule {
             name: cfg.name.clone(),
             mode: cfg.mode,
             threshold,
+            verify_base: cfg.verify_base,
             images: compile_globs(&cfg.images)?,
             authorities,
+            attestations,
         })
     }
 
@@ -106,114 +178,135 @@ impl Rule {
         self.images.is_match(name)
     }
 
-    fn evaluate(&self, digest: &str, layers: &[SignatureLayer], trust: &TrustStore) -> RuleResult {
+    fn evaluate(
+        &self,
+        items: &Items<'_>,
+        trust: &TrustStore,
+        found: &mut Vec<FoundAttestation>,
+    ) -> RuleResult {
+        let findings: Vec<Findings> = self
+            .authorities
+            .iter()
+            .map(|a| a.examine(items, trust))
+            .collect();
         let authorities: Vec<AuthorityResult> = self
             .authorities
             .iter()
-            .map(|a| a.evaluate(digest, layers, trust))
+            .zip(&findings)
+            .map(|(a, f)| AuthorityResult {
+                authority: a.describe(),
+                accepted: f.signed.is_some(),
+                detail: f.signed.clone().unwrap_or_else(|| {
+                    if f.sig_reasons.is_empty() {
+                        "no signature found".to_owned()
+                    } else {
+                        f.sig_reasons.join("; ")
+                    }
+                }),
+            })
+            .collect();
+        for f in &findings {
+            for (s, signer) in &f.attested {
+                let a = FoundAttestation {
+                    predicate_type: s.predicate_type.clone(),
+                    kind: s.kind_name().to_owned(),
+                    signer: signer.clone(),
+                    provenance: s.provenance(),
+                };
+                if !found.contains(&a) {
+                    found.push(a);
+                }
+            }
+        }
+        let attestations: Vec<AttestationResult> = self
+            .attestations
+            .iter()
+            .map(|r| r.evaluate(&self.authorities, &findings))
             .collect();
         let accepted = authorities.iter().filter(|a| a.accepted).count();
         RuleResult {
             rule: self.name.clone(),
             mode: self.mode,
-            passed: accepted >= self.threshold,
+            passed: accepted >= self.threshold && attestations.iter().all(|a| a.satisfied),
             threshold: self.threshold,
             authorities,
+            attestations,
         }
     }
 }
 
-impl Authority {
-    fn compile(cfg: &AuthorityConfig, trust: &TrustStore) -> Result<Authority, String> {
-        match (&cfg.key, &cfg.keyless) {
-            (Some(key), None) => {
-                if !trust.keys.contains_key(key) {
-                    return Err(format!("authority key {key:?} is not a [[trust.key]]"));
-                }
-                Ok(Authority::Key(key.clone()))
-            }
-            (None, Some(k)) => {
-                if !trust.roots.contains_key(&k.root) {
-                    return Err(format!("keyless root {:?} is not a [[trust.root]]", k.root));
-                }
-                let re = |r: &Option<String>| {
-                    r.as_deref()
-                        .map(Regex::new)
-                        .transpose()
-                        .map_err(|e| format!("bad regex: {e}"))
-                };
-                let matcher = IdentityMatcher {
-                    issuer: k.issuer.clone(),
-                    issuer_regex: re(&k.issuer_regex)?,
-                    subject: k.subject.clone(),
-                    subject_regex: re(&k.subject_regex)?,
-                };
-                if matcher.issuer.is_none() && matcher.issuer_regex.is_none() {
-                    return Err("a keyless authority needs issuer or issuer_regex".into());
-                }
-                if matcher.subject.is_none() && matcher.subject_regex.is_none() {
-                    return Err("a keyless authority needs subject or subject_regex".into());
-                }
-                Ok(Authority::Keyless {
-                    root: k.root.clone(),
-                    matcher,
+impl Requirement {
+    fn compile(
+        cfg: &crate::config::AttestationConfig,
+        authorities: &[Authority],
+    ) -> Result<Requirement, String> {
+        let by_name = |n: &String| {
+            authorities
+                .iter()
+                .position(|a| &a.name == n)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = authorities.iter().map(|a| a.name.as_str()).collect();
+                    format!("[[rule.attestation]] names authority {n:?}; this rule's authorities are {known:?}")
                 })
-            }
-            _ => Err("an authority is either key = \"…\" or keyless = { … }, exactly one".into()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Authority::Key(k) => format!("key {k:?}"),
-            Authority::Keyless { root, matcher } => {
-                format!("keyless {root:?} ({})", matcher.describe())
-            }
-        }
-    }
-
-    fn evaluate(
-        &self,
-        digest: &str,
-        layers: &[SignatureLayer],
-        trust: &TrustStore,
-    ) -> AuthorityResult {
-        let mut reasons = Vec::new();
-        for layer in layers {
-            let checked = layer.check_binding(digest).and_then(|()| match self {
-                Authority::Key(name) => layer
-                    .check_key(&trust.keys[name])
-                    .map(|()| format!("signed with key {name:?}")),
-                Authority::Keyless { root, matcher } => {
-                    let id = keyless::verify(layer, &trust.roots[root])?;
-                    matcher.check(&id)?;
-                    Ok(format!(
-                        "signed by {} (issuer {})",
-                        id.subjects.join(", "),
-                        id.issuer.unwrap_or_default()
-                    ))
-                }
-            });
-            match checked {
-                Ok(detail) => {
-                    return AuthorityResult {
-                        authority: self.describe(),
-                        accepted: true,
-                        detail,
-                    }
-                }
-                Err(why) if !reasons.contains(&why) => reasons.push(why),
-                Err(_) => {}
-            }
-        }
-        let detail = if layers.is_empty() {
-            "no signature found".to_owned()
-        } else {
-            reasons.join("; ")
         };
-        AuthorityResult {
-            authority: self.describe(),
-            accepted: false,
+        let indexes = if cfg.authorities.is_empty() {
+            (0..authorities.len()).collect()
+        } else {
+            cfg.authorities
+                .iter()
+                .map(by_name)
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Requirement {
+            predicate_type: cfg.predicate_type.clone(),
+            authorities: indexes,
+            conditions: cfg
+                .conditions
+                .iter()
+                .map(|c| Condition::compile(c))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Met by one attestation of the right type, signed by one of its authorities, that passes
+    /// every condition.
+    fn evaluate(&self, authorities: &[Authority], findings: &[Findings]) -> AttestationResult {
+        let mut reasons = Vec::new();
+        for &i in &self.authorities {
+            for (s, signer) in &findings[i].attested {
+                if s.predicate_type != self.predicate_type {
+                    continue;
+                }
+                match self.conditions.iter().try_for_each(|c| c.check(s)) {
+                    Ok(()) => {
+                        return AttestationResult {
+                            predicate_type: self.predicate_type.clone(),
+                            satisfied: true,
+                            detail: format!("signed by {} ({signer})", authorities[i].name),
+                        }
+                    }
+                    Err(why) => reasons.push(format!("{}: {why}", authorities[i].name)),
+                }
+            }
+            for why in &findings[i].att_reasons {
+                reasons.push(format!("{}: {why}", authorities[i].name));
+            }
+        }
+        let names: Vec<&str> = self
+            .authorities
+            .iter()
+            .map(|&i| authorities[i].name.as_str())
+            .collect();
+        let mut detail = format!(
+            "no {} attestation signed by {names:?} passes",
+            self.predicate_type
+        );
+        if !reasons.is_empty() {
+            detail = format!("{detail}: {}", reasons.join("; "));
+        }
+        AttestationResult {
+            predicate_type: self.predicate_type.clone(),
+            satisfied: false,
             detail,
         }
     }
@@ -224,7 +317,7 @@ pub fn verdict(
     name: &str,
     digest: &str,
     rules: &[&Rule],
-    layers: &[SignatureLayer],
+    evidence: &crate::Evidence,
     trust: &TrustStore,
     default: DefaultAction,
 ) -> Verdict {
@@ -246,11 +339,15 @@ pub fn verdict(
             decision,
             rules: Vec::new(),
             message,
+            attestations: Vec::new(),
+            base: None,
         };
     }
+    let items = Items::new(digest, evidence);
+    let mut found = Vec::new();
     let results: Vec<RuleResult> = rules
         .iter()
-        .map(|r| r.evaluate(digest, layers, trust))
+        .map(|r| r.evaluate(&items, trust, &mut found))
         .collect();
     let mut decision = Decision::Allow;
     for r in results.iter().filter(|r| !r.passed) {
@@ -267,6 +364,8 @@ pub fn verdict(
         decision,
         rules: results,
         message,
+        attestations: found,
+        base: None,
     }
 }
 
@@ -293,8 +392,16 @@ fn describe(name: &str, digest: &str, results: &[RuleResult], decision: Decision
             })
             .collect::<Vec<_>>()
             .join("; ");
+        let attested: String = r
+            .attestations
+            .iter()
+            .map(|a| {
+                let verb = if a.satisfied { "met" } else { "not met" };
+                format!("; attestation {} {verb}: {}", a.predicate_type, a.detail)
+            })
+            .collect();
         parts.push(format!(
-            "rule {:?} ({mode}) {state}, needs {} of {}: {tried}",
+            "rule {:?} ({mode}) {state}, needs {} of {}: {tried}{attested}",
             r.rule,
             r.threshold,
             r.authorities.len()

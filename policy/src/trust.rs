@@ -10,6 +10,9 @@ use sigstore::crypto::CosignVerificationKey;
 use sigstore::trust::sigstore::SigstoreTrustRoot;
 use sigstore::trust::TrustRoot as _;
 
+use sigstore_verify::types::DerPublicKey;
+
+use crate::bundle::{KeyedVerifier, RootVerifier};
 use crate::config::TrustConfig;
 use crate::PolicyError;
 
@@ -18,15 +21,20 @@ pub const PUBLIC_GOOD: &[u8] = include_bytes!("../trust/public-good-trusted_root
 /// How a config names the bundled root.
 pub const BUILTIN_PUBLIC_GOOD: &str = "builtin:public-good";
 
-/// One trusted root: Fulcio CA certificates and Rekor log keys by log ID (hex).
+/// One trusted root: Fulcio CA certificates and Rekor log keys by log ID (hex) for legacy
+/// signatures, and the whole root (TSAs included) for bundles.
 pub struct Root {
     pub cas: Vec<CertificateDer<'static>>,
     pub rekor: BTreeMap<String, CosignVerificationKey>,
+    pub bundles: RootVerifier,
 }
 
 /// Keys and roots by name, with a fingerprint of everything loaded.
 pub struct TrustStore {
     pub keys: BTreeMap<String, CosignVerificationKey>,
+    /// The same keys as DER SubjectPublicKeyInfo, for bundles.
+    pub key_der: BTreeMap<String, DerPublicKey>,
+    pub keyed: KeyedVerifier,
     pub roots: BTreeMap<String, Root>,
     /// sha256 over the names and bytes of every key and root.
     pub fingerprint: String,
@@ -36,6 +44,7 @@ impl TrustStore {
     pub fn load(cfg: &TrustConfig) -> Result<TrustStore, PolicyError> {
         let mut hash = Sha256::new();
         let mut keys = BTreeMap::new();
+        let mut key_der = BTreeMap::new();
         for k in &cfg.keys {
             let bytes = read(&k.path, &format!("[[trust.key]] {:?}", k.name))?;
             let key = CosignVerificationKey::try_from_pem(&bytes).map_err(|e| {
@@ -45,6 +54,17 @@ impl TrustStore {
                     k.path.display()
                 ))
             })?;
+            let der = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|pem| DerPublicKey::from_pem(pem).ok())
+                .ok_or_else(|| {
+                    PolicyError::Trust(format!(
+                        "[[trust.key]] {:?}: {} is not a PEM public key",
+                        k.name,
+                        k.path.display()
+                    ))
+                })?;
+            key_der.insert(k.name.clone(), der);
             hash.update(format!("key\0{}\0", k.name));
             hash.update(&bytes);
             if keys.insert(k.name.clone(), key).is_some() {
@@ -71,6 +91,8 @@ impl TrustStore {
         }
         Ok(TrustStore {
             keys,
+            key_der,
+            keyed: KeyedVerifier::default(),
             roots,
             fingerprint: hex::encode(hash.finalize()),
         })
@@ -98,5 +120,10 @@ pub fn parse_root(bytes: &[u8]) -> Result<Root, String> {
             CosignVerificationKey::try_from_der(der).map_err(|e| format!("Rekor key {id}: {e}"))?;
         rekor.insert(id, key);
     }
-    Ok(Root { cas, rekor })
+    let bundles = RootVerifier::new(bytes).map_err(|e| format!("for bundles: {e}"))?;
+    Ok(Root {
+        cas,
+        rekor,
+        bundles,
+    })
 }

@@ -47,20 +47,21 @@ fn fixture() -> Fixture {
 fn key(name: &str) -> AuthorityConfig {
     AuthorityConfig {
         key: Some(name.into()),
-        keyless: None,
+        ..Default::default()
     }
 }
 
 fn keyless(issuer: &str, subject_regex: &str) -> AuthorityConfig {
     AuthorityConfig {
-        key: None,
         keyless: Some(KeylessConfig {
             root: "test".into(),
             issuer: Some(issuer.into()),
             issuer_regex: None,
             subject: None,
             subject_regex: Some(subject_regex.into()),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -71,6 +72,7 @@ fn policy(f: &Fixture, threshold: Option<usize>, authorities: Vec<AuthorityConfi
         mode: Mode::Enforce,
         threshold,
         authorities,
+        ..Default::default()
     };
     Policy::new(&NamePolicyConfig::default(), &f.trust, &[rule]).unwrap()
 }
@@ -109,7 +111,7 @@ fn a_threshold_needs_distinct_authorities() {
     let f = fixture();
     let p = policy(&f, Some(2), vec![key("k0"), key("k1")]);
     let one = vec![keyed_layer(&f.keys[0], DIGEST)];
-    let v = p.evaluate("reg.test/app", DIGEST, &one);
+    let v = p.evaluate("reg.test/app", DIGEST, &one.to_vec().into());
     assert_eq!(v.decision, Decision::Deny);
     assert!(v.message.contains("needs 2 of 2"), "{}", v.message);
     let both = vec![
@@ -117,7 +119,7 @@ fn a_threshold_needs_distinct_authorities() {
         keyed_layer(&f.keys[1], DIGEST),
     ];
     assert_eq!(
-        p.evaluate("reg.test/app", DIGEST, &both).decision,
+        p.evaluate("reg.test/app", DIGEST, &both.to_vec().into()).decision,
         Decision::Allow
     );
     // The same key twice is still one authority.
@@ -126,7 +128,7 @@ fn a_threshold_needs_distinct_authorities() {
         keyed_layer(&f.keys[0], DIGEST),
     ];
     assert_eq!(
-        p.evaluate("reg.test/app", DIGEST, &twice).decision,
+        p.evaluate("reg.test/app", DIGEST, &twice.to_vec().into()).decision,
         Decision::Deny
     );
 }
@@ -141,7 +143,7 @@ fn a_key_must_sign_the_layer_that_binds_the_digest() {
         keyed_layer(&f.keys[1], DIGEST),
         keyed_layer(&f.keys[0], OTHER),
     ];
-    let v = p.evaluate("reg.test/app", DIGEST, &layers);
+    let v = p.evaluate("reg.test/app", DIGEST, &layers.to_vec().into());
     assert_eq!(v.decision, Decision::Deny);
     assert!(
         v.message.contains("signature by an unknown key"),
@@ -171,7 +173,7 @@ fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
         "spiffe://prod.test/ns/ci/sa/builder",
         "https://spire.test",
     )];
-    let v = p.evaluate("reg.test/app", DIGEST, &good);
+    let v = p.evaluate("reg.test/app", DIGEST, &good.to_vec().into());
     assert_eq!(v.decision, Decision::Allow, "{}", v.message);
     assert!(
         v.message.contains("spiffe://prod.test/ns/ci/sa/builder"),
@@ -183,14 +185,14 @@ fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
         "spiffe://dev.test/ns/ci/sa/builder",
         "https://spire.test",
     )];
-    let v = p.evaluate("reg.test/app", DIGEST, &bad);
+    let v = p.evaluate("reg.test/app", DIGEST, &bad.to_vec().into());
     assert!(v.message.contains("identity mismatch"), "{}", v.message);
     let wrong_issuer = vec![keyless_layer(
         &f,
         "spiffe://prod.test/ns/ci/sa/b",
         "https://evil.test",
     )];
-    let v = p.evaluate("reg.test/app", DIGEST, &wrong_issuer);
+    let v = p.evaluate("reg.test/app", DIGEST, &wrong_issuer.to_vec().into());
     assert!(
         v.message.contains("issuer \"https://evil.test\""),
         "{}",
@@ -202,7 +204,7 @@ fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
 fn a_keyed_signature_cannot_satisfy_a_keyless_authority() {
     let f = fixture();
     let p = policy(&f, None, vec![keyless("https://issuer.test", ".*")]);
-    let v = p.evaluate("reg.test/app", DIGEST, &[keyed_layer(&f.keys[0], DIGEST)]);
+    let v = p.evaluate("reg.test/app", DIGEST, &vec![keyed_layer(&f.keys[0], DIGEST)].into());
     assert_eq!(v.decision, Decision::Deny);
     assert!(v.message.contains("no certificate"), "{}", v.message);
 }
@@ -215,7 +217,7 @@ fn a_root_from_another_instance_is_refused() {
     let v = p.evaluate(
         "reg.test/app",
         DIGEST,
-        &[keyless_layer(&stranger, "a@b.test", "https://issuer.test")],
+        &vec![keyless_layer(&stranger, "a@b.test", "https://issuer.test")].into(),
     );
     assert_eq!(v.decision, Decision::Deny);
     assert!(v.message.contains("SET invalid"), "{}", v.message);
@@ -231,6 +233,7 @@ fn bad_rules_are_refused_at_load() {
             mode: Mode::Enforce,
             threshold,
             authorities,
+            ..Default::default()
         };
         Policy::new(&NamePolicyConfig::default(), &f.trust, &[rule])
             .err()
@@ -241,10 +244,7 @@ fn bad_rules_are_refused_at_load() {
     assert!(bad(vec![key("k0")], Some(2)).contains("threshold"));
     assert!(bad(vec![], None).contains("no [[rule.authority]]"));
     assert!(bad(
-        vec![AuthorityConfig {
-            key: None,
-            keyless: None
-        }],
+        vec![AuthorityConfig::default()],
         None
     )
     .contains("exactly one"));

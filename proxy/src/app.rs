@@ -9,6 +9,7 @@ use portcullis_policy::{Policy, Verdict};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fetch::Flights;
+use crate::handlers::referrers::HeldReferrers;
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::upstream::Upstream;
@@ -25,10 +26,19 @@ pub struct App {
     pub verdicts: Cache<String, Arc<Verdict>>,
     /// Verdict keys whose gates (and vouchers) are already written.
     pub gated: Cache<String, ()>,
+    /// Referrer lists by `name\0subject`, in front of their RocksDB copies.
+    pub referrers: Cache<String, HeldReferrers>,
     pub flights: Arc<Flights>,
     pub metrics: Metrics,
     /// Client authentication, when `[auth]` is configured.
     pub auth: Option<Authenticator>,
+}
+
+/// The in-memory layers that outlive a reload.
+struct Caches {
+    verdicts: Cache<String, Arc<Verdict>>,
+    gated: Cache<String, ()>,
+    referrers: Cache<String, HeldReferrers>,
 }
 
 impl App {
@@ -47,7 +57,11 @@ impl App {
         })?;
         let metrics = Metrics::new();
         let flights = Arc::new(Flights::new(metrics.clone()));
-        let caches = (Cache::new(100_000), Cache::new(100_000));
+        let caches = Caches {
+            verdicts: Cache::new(100_000),
+            gated: Cache::new(100_000),
+            referrers: Cache::new(10_000),
+        };
         App::assemble(config, store, caches, flights, metrics)
     }
 
@@ -66,7 +80,11 @@ impl App {
         App::assemble(
             config,
             Arc::clone(&self.store),
-            (self.verdicts.clone(), self.gated.clone()),
+            Caches {
+                verdicts: self.verdicts.clone(),
+                gated: self.gated.clone(),
+                referrers: self.referrers.clone(),
+            },
             Arc::clone(&self.flights),
             self.metrics.clone(),
         )
@@ -75,7 +93,7 @@ impl App {
     fn assemble(
         config: Config,
         store: Arc<Store>,
-        (verdicts, gated): (Cache<String, Arc<Verdict>>, Cache<String, ()>),
+        caches: Caches,
         flights: Arc<Flights>,
         metrics: Metrics,
     ) -> Result<App, String> {
@@ -93,8 +111,9 @@ impl App {
             router: Router::new(upstreams, default, offline, metrics.clone()),
             policy,
             store,
-            verdicts,
-            gated,
+            verdicts: caches.verdicts,
+            gated: caches.gated,
+            referrers: caches.referrers,
             flights,
             metrics,
             config,

@@ -234,9 +234,7 @@ fn verify(config: Config, image: &str, json: bool) -> ExitCode {
             serde_json::to_string_pretty(&verdict).expect("verdict serialises")
         );
     } else {
-        for line in verdict.message.split(" | ") {
-            println!("{line}");
-        }
+        print!("{}", verdict.report());
     }
     match verdict.decision {
         portcullis_policy::Decision::Deny => ExitCode::from(1),

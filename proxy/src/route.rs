@@ -25,6 +25,8 @@ pub enum Endpoint {
     Manifest(Reference),
     Blob(Digest),
     Tags,
+    /// `referrers/<digest>`: the OCI 1.1 referrers of a manifest.
+    Referrers(Digest),
 }
 
 /// A manifest reference.
@@ -79,6 +81,7 @@ pub fn parse_path(path: &str) -> Result<(String, Endpoint), ProxyError> {
         ("tags", "list") => Endpoint::Tags,
         ("manifests", r) => Endpoint::Manifest(parse_reference(r)?),
         ("blobs", d) => Endpoint::Blob(parse_digest(d)?),
+        ("referrers", d) => Endpoint::Referrers(parse_digest(d)?),
         _ => return Err(unknown()),
     };
     Ok((name, endpoint))
@@ -248,6 +251,15 @@ mod tests {
         assert_eq!(parse_path("/v2/x/tags/list").unwrap().1, Endpoint::Tags);
         assert!(matches!(
             parse_path("/v2/x/blobs/sha256:zz"),
+            Err(ProxyError::DigestInvalid(_))
+        ));
+        let d = Digest::of(b"");
+        assert_eq!(
+            parse_path(&format!("/v2/a/b/referrers/{d}")).unwrap(),
+            ("a/b".to_owned(), Endpoint::Referrers(d))
+        );
+        assert!(matches!(
+            parse_path("/v2/x/referrers/latest"),
             Err(ProxyError::DigestInvalid(_))
         ));
         assert!(matches!(

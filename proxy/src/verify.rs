@@ -49,6 +49,8 @@ async fn run(config: Config, image: &str) -> Result<Verdict, String> {
             decision: Decision::Deny,
             rules: Vec::new(),
             message: why,
+            attestations: Vec::new(),
+            base: None,
         });
     }
     let mut outcome = Outcome::default();

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use portcullis_cache::{now_ms, Digest, Manifest, TagRecord};
-use portcullis_policy::{Decision, NameDecision, SignatureLayer};
+use portcullis_policy::{Decision, Evidence, NameDecision};
 
 use super::layout::{Descriptor, Layout, REF_NAME};
 use super::split_ref;
@@ -132,12 +132,15 @@ fn one(
         nodes.push(node(layout, child, None, max)?);
     }
 
-    // The signatures that travelled with it, checked like any content.
-    let sig_tag = format!("{}.sig", digest.tag_form());
-    let mut layers: Vec<SignatureLayer> = Vec::new();
-    let mut sig_node = None;
+    // The signatures and attestations that travelled with it, checked like any content.
+    let mut evidence = Evidence::default();
+    let mut sig_nodes = Vec::new();
     let mut payloads = Vec::new();
-    if let Some(sd) = sigs.get(&(target.name.clone(), sig_tag.clone())) {
+    for suffix in ["sig", "att"] {
+        let tag = format!("{}.{suffix}", digest.tag_form());
+        let Some(sd) = sigs.get(&(target.name.clone(), tag.clone())) else {
+            continue;
+        };
         let sd_digest: Digest = sd.digest.parse().map_err(|e| format!("{e}"))?;
         let sn = node(layout, &sd_digest, Some(&sd.media_type), max)?;
         let parsed: SigManifest = serde_json::from_slice(&sn.bytes)
@@ -147,14 +150,17 @@ fn one(
                 continue;
             };
             let payload = layout.read_verified(&pd, MAX_PAYLOAD)?;
-            layers.extend(l.layer(payload.to_vec()));
+            evidence.signatures.extend(l.layer(payload.to_vec()));
+            evidence
+                .attestations
+                .extend(l.attestation(payload.to_vec()));
             payloads.push((pd, payload));
         }
-        sig_node = Some(sn);
+        sig_nodes.push((tag, sn));
     }
     let verdict = app
         .policy
-        .evaluate(&target.name, &digest.to_string(), &layers);
+        .evaluate(&target.name, &digest.to_string(), &evidence);
     if verdict.decision == Decision::Deny {
         return Err(verdict.message);
     }
@@ -163,7 +169,7 @@ fn one(
         let mut seen = HashSet::new();
         std::iter::once(&top)
             .chain(&nodes)
-            .chain(sig_node.iter())
+            .chain(sig_nodes.iter().map(|(_, n)| n))
             .flat_map(|n| n.blobs.iter().cloned())
             .filter(|b| seen.insert(b.clone()))
             .collect()
@@ -211,7 +217,7 @@ fn one(
     let err = |e: crate::error::ProxyError| e.to_string();
     for n in nodes
         .iter()
-        .chain(sig_node.iter())
+        .chain(sig_nodes.iter().map(|(_, n)| n))
         .chain(std::iter::once(&top))
     {
         let mut refs = n.blobs.clone();
@@ -237,10 +243,10 @@ fn one(
         media_type: mt.to_owned(),
         fetched_at_ms: now_ms(),
     };
-    if let Some(sn) = &sig_node {
+    for (sig_tag, sn) in &sig_nodes {
         gate::open_gate(app, target, &sn.blobs).map_err(err)?;
         app.store
-            .put_tag(&target.name, &sig_tag, &record(&sn.digest, &sn.media_type))
+            .put_tag(&target.name, sig_tag, &record(&sn.digest, &sn.media_type))
             .map_err(|e| e.to_string())?;
     }
     app.store

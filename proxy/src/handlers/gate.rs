@@ -1,33 +1,25 @@
 //! The verification gate: nothing is served unless the policy proves it.
 //!
-//! For a manifest digest, find its cosign signature manifest (`sha256-<hex>.sig`) through the same
-//! upstream client (so the artifacts are cached like any content), fetch each signature payload
-//! by digest, and let the policy decide. Verdicts are cached under the policy's fingerprint; a
+//! For a manifest digest, gather its evidence (`evidence.rs`: cosign `.sig`/`.att` tags and
+//! Sigstore bundles among its referrers, fetched through the same upstream client and cached like
+//! any content), and let the policy decide; under `verify_base`, the base image too. Verdicts are cached under the policy's fingerprint; a
 //! transient upstream failure is never cached. A verified index vouches for the manifests it
 //! lists, and a served manifest opens the gate for the blobs it references, in that repository
 //! only.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::Method;
 use portcullis_cache::{Digest, Manifest};
-use portcullis_policy::{Decision, SignatureLayer, Verdict};
+use portcullis_policy::{AttestationLayer, Decision, Evidence, SignatureLayer, Verdict};
 use serde::Deserialize;
 
-use super::{manifests, Accept, Outcome};
+use super::{base, evidence};
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::route::Target;
-use crate::upstream::{read_limited, status_error};
-
-/// Signature manifests list at most this many layers we will look at.
-const MAX_SIGNATURES: usize = 32;
-/// A simple-signing payload is a few hundred bytes.
-const MAX_PAYLOAD: usize = 256 * 1024;
 
 pub(crate) const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
+pub(crate) const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub(crate) const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 pub(crate) const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
 pub(crate) const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
@@ -65,6 +57,18 @@ impl SigDescriptor {
     }
 }
 
+impl SigDescriptor {
+    /// The attestation layer this descriptor describes, given its DSSE envelope.
+    pub(crate) fn attestation(&self, envelope: Vec<u8>) -> Option<AttestationLayer> {
+        (self.media_type == DSSE_ENVELOPE).then(|| AttestationLayer {
+            envelope,
+            certificate: self.annotations.get(ANN_CERTIFICATE).cloned(),
+            chain: self.annotations.get(ANN_CHAIN).cloned(),
+            bundle: self.annotations.get(ANN_BUNDLE).cloned(),
+        })
+    }
+}
+
 /// Whether `tag` names a cosign artifact (`sha256-<hex>.sig` or `.att`): verification material,
 /// served so that clients such as cosign can check signatures themselves.
 pub fn is_signature_tag(tag: &str) -> bool {
@@ -95,11 +99,63 @@ pub fn is_signature_artifact(tag: &str, manifest: &[u8]) -> bool {
             .all(|l| l.media_type == SIMPLE_SIGNING || l.media_type == DSSE_ENVELOPE)
 }
 
-/// Decides on a manifest, from the verdict cache or by fetching its signatures.
+/// Whether a manifest fetched by digest is a referrer artifact that carries only verification
+/// material, served without a signature of its own as `.sig` artifacts are: it has a `subject`,
+/// no child manifests, and one or more layers that are all Sigstore bundles, DSSE envelopes or
+/// simple-signing payloads, which no runtime would unpack. Anything with another layer type is
+/// an image like any other and goes through the gate.
+pub fn is_referrer_artifact(manifest: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Subject {
+        #[serde(rename = "digest")]
+        _digest: Digest,
+    }
+    #[derive(Deserialize)]
+    struct Artifact {
+        subject: Option<Subject>,
+        #[serde(default)]
+        layers: Vec<SigDescriptor>,
+        #[serde(default)]
+        manifests: Vec<serde::de::IgnoredAny>,
+    }
+    let Ok(a) = serde_json::from_slice::<Artifact>(manifest) else {
+        return false;
+    };
+    a.subject.is_some()
+        && a.manifests.is_empty()
+        && !a.layers.is_empty()
+        && a.layers.iter().all(|l| {
+            let mt = l.media_type.as_str();
+            mt == SIMPLE_SIGNING
+                || mt == DSSE_ENVELOPE
+                || mt.starts_with(portcullis_policy::BUNDLE_MEDIA_TYPE_PREFIX)
+        })
+}
+
+/// Decides on a manifest, from the verdict cache or by fetching its evidence.
 pub async fn verdict(
     app: &App,
     target: &Target,
     digest: &Digest,
+) -> Result<Arc<Verdict>, ProxyError> {
+    verdict_in(app, target, digest, &[]).await
+}
+
+/// [`verdict`], for a manifest reached through the base-image `chain` (`name@digest`s).
+pub(crate) fn verdict_in<'a>(
+    app: &'a App,
+    target: &'a Target,
+    digest: &'a Digest,
+    chain: &'a [String],
+) -> futures_util::future::BoxFuture<'a, Result<Arc<Verdict>, ProxyError>> {
+    Box::pin(decide(app, target, digest, chain))
+}
+
+async fn decide(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    chain: &[String],
 ) -> Result<Arc<Verdict>, ProxyError> {
     let key = verdict_key(app, &target.name, digest);
     if let Some(v) = app.verdicts.get(&key) {
@@ -112,15 +168,18 @@ pub async fn verdict(
             return Ok(v);
         }
     }
-    let layers = if app.policy.rules_for(&target.name).is_empty() {
-        Vec::new() // [policy] default decides; nothing to fetch
+    let evidence = if app.policy.rules_for(&target.name).is_empty() {
+        Evidence::default() // [policy] default decides; nothing to fetch
     } else {
-        signatures(app, target, digest).await?
+        evidence::gather(app, target, digest).await?
     };
-    let v = Arc::new(
-        app.policy
-            .evaluate(&target.name, &digest.to_string(), &layers),
-    );
+    let mut v = app
+        .policy
+        .evaluate(&target.name, &digest.to_string(), &evidence);
+    if let Some(mode) = app.policy.verify_base(&target.name) {
+        base::check(app, target, digest, &mut v, mode, chain).await?;
+    }
+    let v = Arc::new(v);
     remember(app, key, &v)?;
     Ok(v)
 }
@@ -269,87 +328,9 @@ pub fn check_blob(app: &App, target: &Target, digest: &Digest) -> Result<(), Pro
     )))
 }
 
-/// The cosign signature layers for `digest`: the `.sig` manifest (cached like any manifest)
-/// and each payload, checked against its digest.
-async fn signatures(
-    app: &App,
-    target: &Target,
-    digest: &Digest,
-) -> Result<Vec<SignatureLayer>, ProxyError> {
-    let tag = format!("{}.sig", digest.tag_form());
-    let mut outcome = Outcome::default();
-    let sig =
-        match manifests::resolve_tag(app, target, &tag, &Accept::default(), &mut outcome).await {
-            Ok((_, m)) => m,
-            Err(ProxyError::ManifestUnknown(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-    let parsed: SigManifest = serde_json::from_slice(&sig.bytes).map_err(|e| {
-        ProxyError::BadUpstream(format!("{}:{tag} is not a manifest: {e}", target.name))
-    })?;
-    // Every blob of the signature manifest, fetched at once: the payloads to verify, and the
-    // config too, so that the whole artifact is cached for export across an air gap. One round
-    // trip after the manifest's, however many signatures.
-    let wanted: Vec<&SigDescriptor> = parsed
-        .layers
-        .iter()
-        .filter(|d| d.media_type == SIMPLE_SIGNING && d.size <= MAX_PAYLOAD as u64)
-        .take(MAX_SIGNATURES)
-        .collect();
-    let fetched = futures_util::future::join_all(
-        sig.refs
-            .iter()
-            .take(MAX_SIGNATURES + 1)
-            .map(|r| async move { (r.clone(), payload(app, target, r).await) }),
-    )
-    .await;
-    let mut blobs = std::collections::HashMap::new();
-    for (d, result) in fetched {
-        blobs.insert(d, result?);
-    }
-    let layers = wanted
-        .iter()
-        .filter_map(|d| {
-            let bytes = blobs.get(&d.digest.parse::<Digest>().ok()?)?;
-            d.layer(bytes.to_vec())
-        })
-        .collect();
-    open_gate(app, target, &sig.refs)?;
-    Ok(layers)
-}
-
-/// A small blob, from the cache or the upstream, checked against its digest and cached.
-async fn payload(app: &App, target: &Target, digest: &Digest) -> Result<Bytes, ProxyError> {
-    if let Some(portcullis_cache::Blob::Memory(bytes)) = app.store.blob(digest)? {
-        return Ok(bytes);
-    }
-    let up = &target.upstream;
-    let what = format!("signature payload {}@{digest}", target.name);
-    let resp = up
-        .send(Method::GET, &target.repo, &format!("blobs/{digest}"), None)
-        .await?;
-    if !resp.status().is_success() {
-        return Err(status_error(&up.name, resp.status(), &what, || {
-            ProxyError::BadUpstream(format!("{what} is listed but missing upstream"))
-        }));
-    }
-    let bytes = read_limited(resp.into_body(), MAX_PAYLOAD, up.read_timeout).await?;
-    let actual = Digest::of(&bytes);
-    if &actual != digest {
-        return Err(ProxyError::BadUpstream(format!(
-            "{what}: the bytes hash to {actual}; nothing was cached"
-        )));
-    }
-    let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
-    w.write(bytes.clone())?;
-    w.commit()?;
-    app.store.link(&target.name, digest)?;
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::is_signature_tag;
+    use super::{is_referrer_artifact, is_signature_tag};
 
     #[test]
     fn recognises_cosign_tags() {
@@ -359,5 +340,25 @@ mod tests {
         assert!(!is_signature_tag(&format!("sha256-{hex}")));
         assert!(!is_signature_tag("sha256-abc.sig"));
         assert!(!is_signature_tag("latest"));
+    }
+
+    #[test]
+    fn referrer_artifacts_are_only_verification_layers_with_a_subject() {
+        let d = portcullis_cache::Digest::of(b"");
+        let artifact = |layer: &str, subject: bool| {
+            let mut m = serde_json::json!({
+                "schemaVersion": 2,
+                "layers": [{ "mediaType": layer, "digest": d, "size": 0 }],
+            });
+            if subject {
+                m["subject"] = serde_json::json!({ "mediaType": "m", "digest": d, "size": 0 });
+            }
+            serde_json::to_vec(&m).unwrap()
+        };
+        let bundle = "application/vnd.dev.sigstore.bundle.v0.3+json";
+        assert!(is_referrer_artifact(&artifact(bundle, true)));
+        assert!(!is_referrer_artifact(&artifact(bundle, false)));
+        let runnable = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert!(!is_referrer_artifact(&artifact(runnable, true)));
     }
 }

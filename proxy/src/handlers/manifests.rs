@@ -72,6 +72,9 @@ pub async fn serve(
         Reference::Tag(tag) if gate::is_signature_artifact(tag, &manifest.bytes) => {
             gate::open_gate(app, target, &manifest.refs)?
         }
+        Reference::Digest(_) if gate::is_referrer_artifact(&manifest.bytes) => {
+            gate::open_gate(app, target, &manifest.refs)?
+        }
         _ => {
             let verdict = gate::verdict(app, target, &digest).await?;
             outcome.verdict = Some(match verdict.decision {

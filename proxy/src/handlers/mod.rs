@@ -2,10 +2,13 @@
 //! carries.
 
 mod accept;
+mod base;
 mod blobs;
+mod evidence;
 pub mod gate;
 mod health;
 pub mod manifests;
+pub mod referrers;
 mod tags;
 
 use std::sync::Arc;
@@ -35,7 +38,7 @@ pub struct Outcome {
     /// hit, miss, joined (single-flight), stale, or none.
     pub cache: &'static str,
     pub bytes: Option<u64>,
-    /// base, manifest, blob, tags, other: the metrics label.
+    /// base, manifest, blob, tags, referrers, other: the metrics label.
     pub route: &'static str,
     /// The verdict's decision, for manifests.
     pub verdict: Option<&'static str>,
@@ -105,6 +108,8 @@ pub struct Query {
     pub ns: Option<String>,
     pub n: Option<String>,
     pub last: Option<String>,
+    /// `artifactType`, the referrers filter.
+    pub artifact_type: Option<String>,
 }
 
 impl Query {
@@ -115,6 +120,7 @@ impl Query {
                 "ns" => q.ns = Some(v.into_owned()),
                 "n" => q.n = Some(v.into_owned()),
                 "last" => q.last = Some(v.into_owned()),
+                "artifactType" => q.artifact_type = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -150,6 +156,7 @@ async fn dispatch(
         Endpoint::Manifest(_) => "manifest",
         Endpoint::Blob(_) => "blob",
         Endpoint::Tags => "tags",
+        Endpoint::Referrers(_) => "referrers",
     };
     if endpoint == Endpoint::Base {
         let mut resp = Response::new(if head {
@@ -193,6 +200,11 @@ async fn dispatch(
             blobs::serve(app, &target, &digest, range, head, outcome).await
         }
         Endpoint::Tags => tags::serve(app, &target, query, head).await,
+        Endpoint::Referrers(subject) => {
+            outcome.reference = Some(subject.to_string());
+            let filter = query.artifact_type.as_deref();
+            referrers::serve(app, &target, &subject, filter, head, outcome).await
+        }
     }
 }
 
@@ -204,7 +216,7 @@ fn admit(app: &App, target: &Target) -> Result<(), ProxyError> {
         NameDecision::Allowed(portcullis_policy::DefaultAction::Deny)
             if app.policy.rules_for(&target.name).is_empty() =>
         {
-            let v = app.policy.evaluate(&target.name, "<digest>", &[]);
+            let v = app.policy.evaluate(&target.name, "<digest>", &Default::default());
             Err(ProxyError::Denied(v.message))
         }
         NameDecision::Allowed(_) => Ok(()),
