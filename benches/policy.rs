@@ -4,8 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_policy::{
-    AuthorityConfig, Evidence, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy, RootConfig,
-    RuleConfig, SignatureLayer, TrustConfig,
+    AuthorityConfig, Evidence, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy,
+    RootConfig, RuleConfig, SignatureLayer, TrustConfig,
 };
 use portcullis_testkit::cosign::{simple_signing_payload, CosignKey, TestSigstore};
 
@@ -49,15 +49,15 @@ fn evaluate(c: &mut Criterion) {
             "keyless",
             "r.test/keyless",
             AuthorityConfig {
-                key: None,
                 keyless: Some(KeylessConfig {
                     root: "test".into(),
                     issuer: Some("https://issuer.test".into()),
                     issuer_regex: None,
                     subject: None,
                     subject_regex: Some("^builder@".into()),
-                ..Default::default()
+                    ..Default::default()
                 }),
+                ..Default::default()
             },
         ),
     ];

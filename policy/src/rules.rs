@@ -80,16 +80,25 @@ impl Verdict {
     /// that is denied fails this image as the rule's mode says.
     pub fn with_base(&mut self, base: Verdict, mode: Mode) {
         if base.decision == Decision::Deny {
-            let head = base.message.split(" | ").next().unwrap_or_default();
-            self.message = format!(
-                "{} | base image {}@{} failed (verify_base): {head}",
-                self.message, base.name, base.digest
-            );
+            let why = base.message.split(" | ").collect::<Vec<_>>().join("; ");
+            let before = self.decision;
             match mode {
                 Mode::Enforce => self.decision = Decision::Deny,
                 Mode::Warn if self.decision == Decision::Allow => self.decision = Decision::Warn,
                 _ => {}
             }
+            let mut parts: Vec<String> = self.message.split(" | ").map(str::to_owned).collect();
+            if before != self.decision {
+                parts[0] = match self.decision {
+                    Decision::Deny => format!("{}@{} denied", self.name, self.digest),
+                    _ => format!(
+                        "{}@{} failed verification (served: mode warn)",
+                        self.name, self.digest
+                    ),
+                };
+            }
+            parts.push(format!("base image failed (verify_base): {why}"));
+            self.message = parts.join(" | ");
         }
         self.base = Some(Box::new(base));
     }

@@ -110,25 +110,27 @@ fn keyless_layer(f: &Fixture, identity: &str, issuer: &str) -> SignatureLayer {
 fn a_threshold_needs_distinct_authorities() {
     let f = fixture();
     let p = policy(&f, Some(2), vec![key("k0"), key("k1")]);
-    let one = vec![keyed_layer(&f.keys[0], DIGEST)];
+    let one = [keyed_layer(&f.keys[0], DIGEST)];
     let v = p.evaluate("reg.test/app", DIGEST, &one.to_vec().into());
     assert_eq!(v.decision, Decision::Deny);
     assert!(v.message.contains("needs 2 of 2"), "{}", v.message);
-    let both = vec![
+    let both = [
         keyed_layer(&f.keys[0], DIGEST),
         keyed_layer(&f.keys[1], DIGEST),
     ];
     assert_eq!(
-        p.evaluate("reg.test/app", DIGEST, &both.to_vec().into()).decision,
+        p.evaluate("reg.test/app", DIGEST, &both.to_vec().into())
+            .decision,
         Decision::Allow
     );
     // The same key twice is still one authority.
-    let twice = vec![
+    let twice = [
         keyed_layer(&f.keys[0], DIGEST),
         keyed_layer(&f.keys[0], DIGEST),
     ];
     assert_eq!(
-        p.evaluate("reg.test/app", DIGEST, &twice.to_vec().into()).decision,
+        p.evaluate("reg.test/app", DIGEST, &twice.to_vec().into())
+            .decision,
         Decision::Deny
     );
 }
@@ -139,7 +141,7 @@ fn a_key_must_sign_the_layer_that_binds_the_digest() {
     let p = policy(&f, None, vec![key("k0")]);
     // One layer binds the digest but is signed by an unknown key; another is signed by the
     // trusted key but for another image. Neither alone proves anything.
-    let layers = vec![
+    let layers = [
         keyed_layer(&f.keys[1], DIGEST),
         keyed_layer(&f.keys[0], OTHER),
     ];
@@ -168,7 +170,7 @@ fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
             "^spiffe://prod\\.test/ns/ci/",
         )],
     );
-    let good = vec![keyless_layer(
+    let good = [keyless_layer(
         &f,
         "spiffe://prod.test/ns/ci/sa/builder",
         "https://spire.test",
@@ -180,14 +182,14 @@ fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
         "{}",
         v.message
     );
-    let bad = vec![keyless_layer(
+    let bad = [keyless_layer(
         &f,
         "spiffe://dev.test/ns/ci/sa/builder",
         "https://spire.test",
     )];
     let v = p.evaluate("reg.test/app", DIGEST, &bad.to_vec().into());
     assert!(v.message.contains("identity mismatch"), "{}", v.message);
-    let wrong_issuer = vec![keyless_layer(
+    let wrong_issuer = [keyless_layer(
         &f,
         "spiffe://prod.test/ns/ci/sa/b",
         "https://evil.test",
@@ -204,7 +206,11 @@ fn uri_subjects_such_as_spiffe_ids_match_by_regex() {
 fn a_keyed_signature_cannot_satisfy_a_keyless_authority() {
     let f = fixture();
     let p = policy(&f, None, vec![keyless("https://issuer.test", ".*")]);
-    let v = p.evaluate("reg.test/app", DIGEST, &vec![keyed_layer(&f.keys[0], DIGEST)].into());
+    let v = p.evaluate(
+        "reg.test/app",
+        DIGEST,
+        &vec![keyed_layer(&f.keys[0], DIGEST)].into(),
+    );
     assert_eq!(v.decision, Decision::Deny);
     assert!(v.message.contains("no certificate"), "{}", v.message);
 }
@@ -243,9 +249,5 @@ fn bad_rules_are_refused_at_load() {
     assert!(bad(vec![key("nope")], None).contains("not a [[trust.key]]"));
     assert!(bad(vec![key("k0")], Some(2)).contains("threshold"));
     assert!(bad(vec![], None).contains("no [[rule.authority]]"));
-    assert!(bad(
-        vec![AuthorityConfig::default()],
-        None
-    )
-    .contains("exactly one"));
+    assert!(bad(vec![AuthorityConfig::default()], None).contains("exactly one"));
 }

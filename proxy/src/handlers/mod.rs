@@ -216,7 +216,9 @@ fn admit(app: &App, target: &Target) -> Result<(), ProxyError> {
         NameDecision::Allowed(portcullis_policy::DefaultAction::Deny)
             if app.policy.rules_for(&target.name).is_empty() =>
         {
-            let v = app.policy.evaluate(&target.name, "<digest>", &Default::default());
+            let v = app
+                .policy
+                .evaluate(&target.name, "<digest>", &Default::default());
             Err(ProxyError::Denied(v.message))
         }
         NameDecision::Allowed(_) => Ok(()),

@@ -2,8 +2,9 @@
 //!
 //! - [`CosignKey`]: a key pair as `cosign generate-key-pair` makes (ECDSA P-256), for key-based
 //!   verification.
-//! - [`TestSigstore`]: a Fulcio-like CA and a Rekor-like log key, its `trusted_root.json`, leaf
-//!   certificates ([`Leaf`]) for keyless signing, and Rekor SET bundles.
+//! - [`TestSigstore`]: a Fulcio-like CA, Rekor v1 and v2 logs ([`crate::tlog`]) and a timestamp
+//!   authority ([`crate::tsa`]), its `trusted_root.json`, leaf certificates ([`Leaf`]) for
+//!   keyless signing, and Rekor SET bundles. Sigstore bundles are in [`crate::bundle`].
 //! - [`simple_signing_payload`] and [`push_signature`]: the signed payload and the legacy
 //!   `sha256-<hex>.sig` signature manifest, pushed to a [`crate::Registry`].
 //!
@@ -11,10 +12,7 @@
 //! chain to the CA root (codeSigning), and the SET is the log key's signature over the RFC 8785
 //! canonical JSON of the bundle's `Payload`. Nothing here touches the network but the registry.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -30,6 +28,9 @@ use rcgen::{
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::tlog::TestLog;
+use crate::tsa::TestTsa;
+
 /// Fulcio's OIDC issuer extension, legacy form: the extension value is the raw issuer text.
 const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
 /// Fulcio's OIDC issuer extension, current form: the value is a DER `UTF8String`.
@@ -40,19 +41,38 @@ pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesi
 /// `validFor.start` of every key and CA in [`TestSigstore::trusted_root_json`].
 const VALID_FROM: &str = "2020-01-01T00:00:00Z";
 
+/// DER ECDSA-SHA256 signature of `payload` by `key`.
+pub(crate) fn sign_der(key: &SigningKey, payload: &[u8]) -> Vec<u8> {
+    let sig: DerSignature = key.sign(payload);
+    sig.as_bytes().to_vec()
+}
+
 /// Base64 (standard, padded) of the DER ECDSA-SHA256 signature of `payload` by `key`.
 fn sign_b64(key: &SigningKey, payload: &[u8]) -> String {
-    let sig: DerSignature = key.sign(payload);
-    B64.encode(sig.as_bytes())
+    B64.encode(sign_der(key, payload))
 }
 
 /// DER SubjectPublicKeyInfo of `key`'s public half.
-fn spki_der(key: &SigningKey) -> Vec<u8> {
+pub(crate) fn spki_der(key: &SigningKey) -> Vec<u8> {
     key.verifying_key()
         .to_public_key_der()
         .expect("encode P-256 public key as SPKI DER")
         .as_bytes()
         .to_vec()
+}
+
+/// PEM (`-----BEGIN <label>-----`, 64-column base64, LF) of `der`.
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 /// `-----BEGIN PUBLIC KEY-----` PEM of `key`'s public half.
@@ -65,7 +85,7 @@ fn spki_pem(key: &SigningKey) -> String {
 /// A cosign key pair (ECDSA P-256), as `cosign generate-key-pair` would make; only the public
 /// half is written out (as `cosign.pub`).
 pub struct CosignKey {
-    key: SigningKey,
+    pub(crate) key: SigningKey,
 }
 
 impl CosignKey {
@@ -95,12 +115,35 @@ impl CosignKey {
 }
 
 /// A test Sigstore instance: a Fulcio-like CA (a self-signed ECDSA P-256 root with CA:true and
-/// keyCertSign, that issues leaves directly) and a Rekor-like transparency log key (ECDSA P-256).
+/// keyCertSign, that issues leaves directly), a Rekor v1 log (ECDSA P-256), a Rekor v2 log
+/// (Ed25519) and a timestamp authority; see [`crate::tlog`] and [`crate::tsa`].
 pub struct TestSigstore {
     ca_issuer: Issuer<'static, KeyPair>,
     ca_der: Vec<u8>,
-    ca_pem: String,
-    log_key: SigningKey,
+    rekor: TestLog,
+    rekor_v2: TestLog,
+    tsa: TestTsa,
+}
+
+/// A self-signed CA (ECDSA P-256, CA:true, keyCertSign) named `O=portcullis-test, CN=<cn>`,
+/// valid 2020-01-01 to 2100-01-01: its issuer handle and its DER.
+pub(crate) fn new_ca(common_name: &str) -> (Issuer<'static, KeyPair>, Vec<u8>) {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generate CA key");
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "portcullis-test");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    let ca = params.self_signed(&ca_key).expect("self-sign CA");
+    (Issuer::new(params, ca_key), ca.der().to_vec())
 }
 
 impl Default for TestSigstore {
@@ -110,34 +153,36 @@ impl Default for TestSigstore {
 }
 
 impl TestSigstore {
-    /// A fresh CA and log key.
+    /// A fresh CA, logs and TSA.
     pub fn new() -> TestSigstore {
-        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generate CA key");
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "portcullis-test");
-        dn.push(DnType::CommonName, "test fulcio");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        let ca = params.self_signed(&ca_key).expect("self-sign CA");
+        let (ca_issuer, ca_der) = new_ca("test fulcio");
         TestSigstore {
-            ca_der: ca.der().to_vec(),
-            ca_pem: ca.pem(),
-            ca_issuer: Issuer::new(params, ca_key),
-            log_key: SigningKey::generate(),
+            ca_issuer,
+            ca_der,
+            rekor: TestLog::rekor_v1(),
+            rekor_v2: TestLog::rekor_v2(),
+            tsa: TestTsa::new(),
         }
+    }
+
+    /// The Rekor v1 log (`https://rekor.test`): SET bundles and Rekor v1 bundle entries.
+    pub fn rekor(&self) -> &TestLog {
+        &self.rekor
+    }
+
+    /// The Rekor v2 log (`https://log2025-1.rekor.test`).
+    pub fn rekor_v2(&self) -> &TestLog {
+        &self.rekor_v2
+    }
+
+    /// The timestamp authority.
+    pub fn tsa(&self) -> &TestTsa {
+        &self.tsa
     }
 
     /// The CA root certificate as PEM (what a `dev.sigstore.cosign/chain` annotation holds).
     pub fn ca_pem(&self) -> String {
-        self.ca_pem.clone()
+        pem("CERTIFICATE", &self.ca_der)
     }
 
     /// The CA root certificate as DER.
@@ -145,35 +190,26 @@ impl TestSigstore {
         self.ca_der.clone()
     }
 
-    /// The log's public key as SPKI PEM (what `SIGSTORE_REKOR_PUBLIC_KEY` would point at).
+    /// The Rekor v1 log's public key as SPKI PEM (what `SIGSTORE_REKOR_PUBLIC_KEY` would point
+    /// at).
     pub fn log_public_pem(&self) -> String {
-        spki_pem(&self.log_key)
+        self.rekor.public_key_pem()
     }
 
-    /// `hex(sha256(DER SPKI of the log key))`: the log ID, as in a bundle's `logID`.
+    /// `hex(sha256(DER SPKI of the Rekor v1 log key))`: the log ID, as in a SET bundle's `logID`.
     pub fn log_id_hex(&self) -> String {
-        hex::encode(Sha256::digest(spki_der(&self.log_key)))
+        self.rekor.log_id_hex()
     }
 
     /// Sigstore `trusted_root.json` (media type
-    /// `application/vnd.dev.sigstore.trustedroot+json;version=0.1`) naming this instance's log
-    /// key (`https://rekor.test`) and CA root (`https://fulcio.test`), both valid from
-    /// 2020-01-01 with no end; no CT logs, no timestamp authorities. Bytes fields are base64
-    /// (standard, padded), as protobuf JSON writes them.
+    /// `application/vnd.dev.sigstore.trustedroot+json;version=0.1`) naming this instance's
+    /// Rekor v1 log (`https://rekor.test`, first) and Rekor v2 log, its CA root
+    /// (`https://fulcio.test`) and its TSA, all valid from 2020-01-01 with no end; no CT logs.
+    /// Bytes fields are base64 (standard, padded), as protobuf JSON writes them.
     pub fn trusted_root_json(&self) -> String {
-        let log_spki = spki_der(&self.log_key);
         let root = json!({
             "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-            "tlogs": [{
-                "baseUrl": "https://rekor.test",
-                "hashAlgorithm": "SHA2_256",
-                "publicKey": {
-                    "rawBytes": B64.encode(&log_spki),
-                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
-                    "validFor": { "start": VALID_FROM }
-                },
-                "logId": { "keyId": B64.encode(Sha256::digest(&log_spki)) }
-            }],
+            "tlogs": [self.rekor.trusted_root_entry(), self.rekor_v2.trusted_root_entry()],
             "certificateAuthorities": [{
                 "subject": { "organization": "portcullis-test", "commonName": "test fulcio" },
                 "uri": "https://fulcio.test",
@@ -181,7 +217,7 @@ impl TestSigstore {
                 "validFor": { "start": VALID_FROM }
             }],
             "ctlogs": [],
-            "timestampAuthorities": []
+            "timestampAuthorities": [self.tsa.trusted_root_entry()]
         });
         serde_json::to_string_pretty(&root).expect("serialize trusted root")
     }
@@ -214,18 +250,19 @@ impl TestSigstore {
         params.use_authority_key_identifier_extension = true;
         params.custom_extensions = vec![
             CustomExtension::from_oid_content(OID_ISSUER_V1, issuer.as_bytes().to_vec()),
-            CustomExtension::from_oid_content(OID_ISSUER_V2, der_utf8_string(issuer)),
+            CustomExtension::from_oid_content(OID_ISSUER_V2, crate::der::utf8_string(issuer)),
         ];
         params.not_before = unix_to_datetime(not_before);
         params.not_after = unix_to_datetime(not_after);
-        let public = P256Public(key.verifying_key().to_sec1_point(false).as_bytes().to_vec());
         let cert = params
-            .signed_by(&public, &self.ca_issuer)
+            .signed_by(&P256Public::of(&key), &self.ca_issuer)
             .expect("issue leaf certificate");
         Leaf {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
             key,
+            not_before,
+            not_after,
         }
     }
 
@@ -241,28 +278,17 @@ impl TestSigstore {
         leaf_pem: &str,
         integrated_time: i64,
     ) -> String {
-        let body = json!({
-            "apiVersion": "0.0.1",
-            "kind": "hashedrekord",
-            "spec": {
-                "data": { "hash": { "algorithm": "sha256", "value": hex::encode(Sha256::digest(payload)) } },
-                "signature": {
-                    "content": signature_b64,
-                    "publicKey": { "content": B64.encode(leaf_pem.as_bytes()) }
-                }
-            }
-        });
-        let body = serde_json_canonicalizer::to_vec(&body).expect("canonicalize hashedrekord");
-        let payload = json!({
-            "body": B64.encode(body),
-            "integratedTime": integrated_time,
-            "logIndex": 1,
-            "logID": self.log_id_hex(),
-        });
-        let canonical = serde_json_canonicalizer::to_vec(&payload).expect("canonicalize payload");
-        let set = sign_b64(&self.log_key, &canonical);
-        serde_json::to_string(&json!({ "SignedEntryTimestamp": set, "Payload": payload }))
-            .expect("serialize bundle")
+        let signature = B64
+            .decode(signature_b64)
+            .unwrap_or_else(|e| panic!("signature is not base64: {e}"));
+        let verifier = crate::rekor_body::Verifier {
+            pem: leaf_pem.to_string(),
+            der: Vec::new(), // hashedrekord 0.0.1 records the PEM only
+            is_certificate: true,
+        };
+        let digest = Sha256::digest(payload).into();
+        let body = crate::rekor_body::hashedrekord_v001(&digest, &signature, &verifier);
+        self.rekor.cosign_bundle_json(&body, integrated_time, 1)
     }
 }
 
@@ -272,7 +298,10 @@ pub struct Leaf {
     pub cert_pem: String,
     /// The same certificate as DER.
     pub cert_der: Vec<u8>,
-    key: SigningKey,
+    pub(crate) key: SigningKey,
+    /// Validity, unix seconds.
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
 }
 
 impl Leaf {
@@ -288,7 +317,13 @@ impl Leaf {
 }
 
 /// A P-256 public key (uncompressed SEC1 point) as rcgen wants a subject key.
-struct P256Public(Vec<u8>);
+pub(crate) struct P256Public(Vec<u8>);
+
+impl P256Public {
+    pub(crate) fn of(key: &SigningKey) -> P256Public {
+        P256Public(key.verifying_key().to_sec1_point(false).as_bytes().to_vec())
+    }
+}
 
 impl PublicKeyData for P256Public {
     fn der_bytes(&self) -> &[u8] {
@@ -298,25 +333,6 @@ impl PublicKeyData for P256Public {
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         &PKCS_ECDSA_P256_SHA256
     }
-}
-
-/// DER `UTF8String` holding `s`.
-fn der_utf8_string(s: &str) -> Vec<u8> {
-    let mut out = vec![0x0c];
-    let len = s.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(s.as_bytes());
-    out
 }
 
 fn unix_to_datetime(secs: i64) -> time::OffsetDateTime {
@@ -352,31 +368,56 @@ pub struct SigLayer {
     pub bundle_json: Option<String>,
 }
 
-/// The manifest JSON that [`push_signature`] pushes for `layers`, given the config blob's
+impl SigLayer {
+    /// This layer as a generic cosign manifest layer.
+    fn cosign_layer(&self) -> CosignLayer<'_> {
+        CosignLayer {
+            media_type: SIMPLE_SIGNING_MEDIA_TYPE,
+            blob: &self.payload,
+            annotations: annotations(&[
+                (
+                    "dev.cosignproject.cosign/signature",
+                    Some(&self.signature_b64),
+                ),
+                (
+                    "dev.sigstore.cosign/certificate",
+                    self.certificate_pem.as_ref(),
+                ),
+                ("dev.sigstore.cosign/chain", self.chain_pem.as_ref()),
+                ("dev.sigstore.cosign/bundle", self.bundle_json.as_ref()),
+            ]),
+        }
+    }
+}
+
+/// One layer of a cosign `.sig` or `.att` manifest: blob, media type and annotations.
+pub(crate) struct CosignLayer<'a> {
+    pub media_type: &'static str,
+    pub blob: &'a [u8],
+    pub annotations: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The annotations among `pairs` that have a value.
+pub(crate) fn annotations(
+    pairs: &[(&str, Option<&String>)],
+) -> serde_json::Map<String, serde_json::Value> {
+    pairs
+        .iter()
+        .filter_map(|(name, value)| value.map(|v| ((*name).to_string(), v.clone().into())))
+        .collect()
+}
+
+/// The manifest JSON that [`push_cosign_manifest`] pushes for `layers`, given the config blob's
 /// digest and size. Split out so it can be checked without a registry.
-fn signature_manifest(config: (&str, usize), layers: &[SigLayer]) -> serde_json::Value {
+fn cosign_manifest(config: (&str, usize), layers: &[CosignLayer]) -> serde_json::Value {
     let layers: Vec<serde_json::Value> = layers
         .iter()
         .map(|l| {
-            let mut ann = serde_json::Map::new();
-            ann.insert(
-                "dev.cosignproject.cosign/signature".into(),
-                l.signature_b64.clone().into(),
-            );
-            for (name, value) in [
-                ("dev.sigstore.cosign/certificate", &l.certificate_pem),
-                ("dev.sigstore.cosign/chain", &l.chain_pem),
-                ("dev.sigstore.cosign/bundle", &l.bundle_json),
-            ] {
-                if let Some(v) = value {
-                    ann.insert(name.into(), v.clone().into());
-                }
-            }
             json!({
-                "mediaType": SIMPLE_SIGNING_MEDIA_TYPE,
-                "size": l.payload.len(),
-                "digest": crate::sha256_hex(&l.payload),
-                "annotations": ann,
+                "mediaType": l.media_type,
+                "size": l.blob.len(),
+                "digest": crate::sha256_hex(l.blob),
+                "annotations": l.annotations,
             })
         })
         .collect();
@@ -392,12 +433,17 @@ fn signature_manifest(config: (&str, usize), layers: &[SigLayer]) -> serde_json:
     })
 }
 
-/// `sha256-<hex>.sig`: the tag cosign stores the signatures of `manifest_digest` under.
-pub fn signature_tag(manifest_digest: &str) -> String {
+/// `sha256-<hex>.<suffix>`: the tag cosign stores `.sig` or `.att` of `manifest_digest` under.
+pub(crate) fn cosign_tag(manifest_digest: &str, suffix: &str) -> String {
     let hex = manifest_digest
         .strip_prefix("sha256:")
         .unwrap_or_else(|| panic!("not a sha256 digest: {manifest_digest}"));
-    format!("sha256-{hex}.sig")
+    format!("sha256-{hex}.{suffix}")
+}
+
+/// `sha256-<hex>.sig`: the tag cosign stores the signatures of `manifest_digest` under.
+pub fn signature_tag(manifest_digest: &str) -> String {
+    cosign_tag(manifest_digest, "sig")
 }
 
 /// Pushes a cosign legacy signature manifest for `manifest_digest` to `registry`, repository
@@ -414,17 +460,19 @@ pub fn push_signature(
     manifest_digest: &str,
     layers: &[SigLayer],
 ) -> String {
-    let url = registry.url();
-    assert!(
-        url.starts_with("http://"),
-        "push_signature speaks plain HTTP only, registry is at {url}"
-    );
-    let addr = registry.addr;
-    let tag = signature_tag(manifest_digest);
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|l| crate::sha256_hex(&l.payload))
-        .collect();
+    let layers: Vec<CosignLayer> = layers.iter().map(SigLayer::cosign_layer).collect();
+    push_cosign_manifest(registry, repo, &signature_tag(manifest_digest), &layers)
+}
+
+/// Uploads the blobs of `layers` and a small OCI config (its `rootfs.diff_ids` the layers'
+/// digests, as cosign writes it), then PUTs the manifest at `tag`. Returns its digest.
+pub(crate) fn push_cosign_manifest(
+    registry: &crate::Registry,
+    repo: &str,
+    tag: &str,
+    layers: &[CosignLayer],
+) -> String {
+    let diff_ids: Vec<String> = layers.iter().map(|l| crate::sha256_hex(l.blob)).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": "",
         "os": "",
@@ -434,148 +482,22 @@ pub fn push_signature(
     }))
     .expect("serialize config");
     for l in layers {
-        push_blob(addr, repo, &l.payload);
+        registry.push_blob(repo, l.blob);
     }
-    let config_digest = push_blob(addr, repo, &config);
-    let manifest = signature_manifest((&config_digest, config.len()), layers);
+    let config_digest = registry.push_blob(repo, &config);
+    let manifest = cosign_manifest((&config_digest, config.len()), layers);
     let manifest = serde_json::to_vec(&manifest).expect("serialize manifest");
-    let digest = crate::sha256_hex(&manifest);
-    let path = format!("/v2/{repo}/manifests/{tag}");
-    let resp = http(
-        addr,
-        "PUT",
-        &path,
-        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+    registry.put_manifest(
+        repo,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
         &manifest,
-    );
-    resp.expect_2xx("PUT", &path);
-    if let Some(d) = resp.header("docker-content-digest") {
-        assert_eq!(d, digest, "registry's digest of the signature manifest");
-    }
-    digest
-}
-
-/// Monolithic blob upload (POST then PUT `?digest=`), like `benches/e2e/run.sh`. Returns the
-/// digest.
-fn push_blob(addr: SocketAddr, repo: &str, data: &[u8]) -> String {
-    let digest = crate::sha256_hex(data);
-    let start = format!("/v2/{repo}/blobs/uploads/");
-    let resp = http(addr, "POST", &start, &[], &[]);
-    resp.expect_2xx("POST", &start);
-    let location = resp
-        .header("location")
-        .unwrap_or_else(|| panic!("POST {start}: no Location header"));
-    // Distribution answers an absolute URL; keep only the path and query.
-    let mut path = match location.find("://") {
-        Some(i) => {
-            let rest = &location[i + 3..];
-            rest.find('/').map_or("/", |p| &rest[p..]).to_string()
-        }
-        None => location.to_string(),
-    };
-    path.push(if path.contains('?') { '&' } else { '?' });
-    path.push_str("digest=");
-    path.push_str(&digest);
-    let resp = http(
-        addr,
-        "PUT",
-        &path,
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    );
-    resp.expect_2xx("PUT", &path);
-    digest
-}
-
-/// A fully read blocking HTTP response.
-struct Reply {
-    status: u16,
-    /// Header lines in order, names lower-cased.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn expect_2xx(&self, method: &str, path: &str) {
-        assert!(
-            (200..300).contains(&self.status),
-            "{method} {path}: registry answered {} {:?}\n{}",
-            self.status,
-            self.headers,
-            String::from_utf8_lossy(&self.body)
-        );
-    }
-}
-
-/// One blocking HTTP/1.1 exchange with a body (`Connection: close`, read to EOF).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let timeout = Duration::from_secs(30);
-    let fail = |e: std::io::Error| -> ! { panic!("{method} http://{addr}{path}: {e}") };
-    let mut s = TcpStream::connect_timeout(&addr, timeout).unwrap_or_else(|e| fail(e));
-    s.set_read_timeout(Some(timeout))
-        .unwrap_or_else(|e| fail(e));
-    s.set_write_timeout(Some(timeout))
-        .unwrap_or_else(|e| fail(e));
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut raw = req.into_bytes();
-    raw.extend_from_slice(body);
-    s.write_all(&raw).unwrap_or_else(|e| fail(e));
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap_or_else(|e| fail(e));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no end of headers in {raw:?}"));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utf8_string_der() {
-        assert_eq!(der_utf8_string("ab"), [0x0c, 2, b'a', b'b']);
-        let long = "x".repeat(200);
-        let der = der_utf8_string(&long);
-        assert_eq!(&der[..3], &[0x0c, 0x81, 200]);
-        assert_eq!(der.len(), 203);
-    }
 
     #[test]
     fn payload_is_cosigns_bytes() {
@@ -594,7 +516,7 @@ mod tests {
             bundle_json: Some("{}".into()),
             ..SigLayer::default()
         }];
-        let m = signature_manifest(("sha256:00", 2), &layers);
+        let m = cosign_manifest(("sha256:00", 2), &[layers[0].cosign_layer()]);
         let ann = m["layers"][0]["annotations"].as_object().unwrap();
         assert_eq!(ann.len(), 2);
         assert_eq!(ann["dev.cosignproject.cosign/signature"], "c2ln");

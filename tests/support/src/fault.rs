@@ -1,5 +1,6 @@
 //! An in-process fault-injecting upstream, in addition to (never instead of) the real registry:
-//! canned statuses, a server that never answers, and a throttling relay to a real registry.
+//! canned statuses, a server that never answers, relays to a real registry that throttle, cut,
+//! authenticate or redirect, and a referrers API in front of one.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -38,6 +39,10 @@ pub enum Fault {
     /// Relays to `to`, counting requests that carry an `Authorization` header (see
     /// [`FaultServer::authorized_requests`]).
     Record { to: SocketAddr },
+    /// A registry with the OCI 1.1 referrers API in front of `to` (which has none): every
+    /// `GET …/referrers/<digest>` is answered `200` with `index` as an OCI image index; every
+    /// other request is relayed to `to`.
+    Referrers { to: SocketAddr, index: Vec<u8> },
 }
 
 /// A running fault server. Stops accepting on drop.
@@ -159,22 +164,35 @@ fn serve(mut stream: TcpStream, fault: Fault, ctx: Ctx) {
                     "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n".to_owned()
                 } else if text.starts_with("GET ") && path.contains("/blobs/") {
                     format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {cdn}{path}\r\nContent-Length: 0\r\n\r\n")
-                } else {
-                    // One request per upstream connection, so every later request on this
-                    // client connection is looked at again.
-                    let Ok(mut up) = TcpStream::connect(to) else {
-                        return;
-                    };
-                    let (first, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
-                    let head = format!("{first}\r\nConnection: close\r\n{rest}");
-                    if up.write_all(head.as_bytes()).is_err()
-                        || std::io::copy(&mut up, &mut stream).is_err()
-                    {
-                        return;
-                    }
+                } else if forward_once(&mut stream, to, &text) {
                     continue;
+                } else {
+                    return;
                 };
                 if stream.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+        Fault::Referrers { to, index } => {
+            while let Some(head) = read_head(&mut stream) {
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let asks_referrers = text.starts_with("GET ")
+                    && text
+                        .split_whitespace()
+                        .nth(1)
+                        .is_some_and(|p| p.contains("/referrers/"));
+                if !asks_referrers {
+                    if forward_once(&mut stream, to, &text) {
+                        continue;
+                    }
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nContent-Length: {}\r\n\r\n",
+                    index.len()
+                );
+                if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&index).is_err() {
                     return;
                 }
             }
@@ -262,6 +280,17 @@ fn relay(client: TcpStream, to: SocketAddr, first: Vec<u8>, limit: usize, rate: 
     }
     let _ = client_write.shutdown(Shutdown::Both);
     let _ = up_read.shutdown(Shutdown::Both);
+}
+
+/// Sends one request head to `to` with `Connection: close` and copies the whole answer back, so
+/// that the next request on the client's connection is looked at again. `false` on any failure.
+fn forward_once(client: &mut TcpStream, to: SocketAddr, head: &str) -> bool {
+    let Ok(mut up) = TcpStream::connect(to) else {
+        return false;
+    };
+    let (first, rest) = head.split_once("\r\n").unwrap_or((head, ""));
+    let head = format!("{first}\r\nConnection: close\r\n{rest}");
+    up.write_all(head.as_bytes()).is_ok() && std::io::copy(&mut up, client).is_ok()
 }
 
 fn has_authorization(head: &[u8]) -> bool {

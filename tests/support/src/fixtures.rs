@@ -122,15 +122,45 @@ fn copy_to_dir(src_ref: &str, dest_dir: &Path, flags: &[&str]) -> Result<(), Str
 
 /// `Docker-Content-Digest` of `repo:tag`, asked with a HEAD accepting all four manifest types.
 pub fn manifest_digest_in_registry(registry: &Registry, repo: &str, tag: &str) -> String {
-    let path = format!("/v2/{repo}/manifests/{tag}");
-    let r = blocking_http(registry.addr, "HEAD", &path, &[("Accept", MANIFEST_ACCEPT)])
-        .unwrap_or_else(|e| panic!("HEAD {path} on {}: {e}", registry.host()));
+    manifest_descriptor(registry, repo, tag).digest
+}
+
+/// What a registry says of a manifest when asked with a HEAD.
+pub(crate) struct ManifestHead {
+    pub(crate) digest: String,
+    pub(crate) media_type: String,
+    pub(crate) size: u64,
+}
+
+/// `Docker-Content-Digest`, `Content-Type` and `Content-Length` of `repo:reference` (a tag or a
+/// digest), asked with a HEAD accepting all four manifest types. Panics unless it is there.
+pub(crate) fn manifest_descriptor(
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+) -> ManifestHead {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let r = blocking_http(
+        registry.addr,
+        "HEAD",
+        &path,
+        &[("Accept", MANIFEST_ACCEPT)],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("HEAD {path} on {}: {e}", registry.host()));
     assert_eq!(r.status, 200, "HEAD {path} on {}", registry.host());
-    r.headers
-        .into_iter()
-        .find(|(k, _)| k == "docker-content-digest")
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("HEAD {path}: no Docker-Content-Digest"))
+    let header = |name: &str| {
+        r.header(name)
+            .unwrap_or_else(|| panic!("HEAD {path}: no {name}"))
+            .to_owned()
+    };
+    ManifestHead {
+        digest: header("docker-content-digest"),
+        media_type: header("content-type"),
+        size: header("content-length")
+            .parse()
+            .unwrap_or_else(|e| panic!("HEAD {path}: Content-Length: {e}")),
+    }
 }
 
 /// Runs skopeo (without a signature policy file); `Err` holds its stderr.

@@ -20,17 +20,37 @@
 //! - [`http`]: a small async plain-HTTP client for asserting on responses.
 //! - [`cosign`]: real offline cosign fixtures: key pairs, a test Sigstore (CA, log key,
 //!   `trusted_root.json`, leaves, SET bundles) and [`push_signature`] for `sha256-<hex>.sig`.
+//! - [`bundle`]: Sigstore bundles v0.3 ([`TestSigstore::message_bundle`],
+//!   [`TestSigstore::dsse_bundle`]) with real Rekor v1/v2 entries, proofs, checkpoints, SETs and
+//!   RFC 3161 timestamps, and negative fixtures ([`Tamper`]); built on [`tlog`] ([`TestLog`]),
+//!   [`tsa`] ([`TestTsa`]) and [`intoto`] (statements, SLSA predicates, DSSE PAE).
+//! - [`attestation`]: legacy cosign `.att` layers, [`push_attestation`], and their bundle v0.1.
+//! - `der`, `rekor_body`, `signer`: DER writing, canonical Rekor entry bodies, and what a
+//!   [`Signer`] contributes (private).
+//! - [`referrers`]: [`push_referrer`], an OCI 1.1 artifact with a `subject` and the referrers
+//!   tag (`sha256-<hex>`) that lists it.
 
+pub mod attestation;
+pub mod bundle;
 mod containerd;
 pub mod cosign;
+mod der;
 mod fault;
 mod fixtures;
 pub mod http;
+pub mod intoto;
 mod process;
 mod proxy;
+pub mod referrers;
 mod registry;
+mod rekor_body;
+mod signer;
+pub mod tlog;
 mod tools;
+pub mod tsa;
 
+pub use attestation::{attestation_bundle_v01, push_attestation, AttLayer};
+pub use bundle::{BundleBuilder, LogEntry, Signer, Tamper};
 pub use containerd::{write_hosts_toml, Containerd};
 pub use cosign::{push_signature, simple_signing_payload, CosignKey, Leaf, SigLayer, TestSigstore};
 pub use fault::{Fault, FaultServer};
@@ -38,5 +58,8 @@ pub use fixtures::{
     fixtures, manifest_digest_in_registry, push, skopeo_copy, skopeo_copy_all, Fixtures, Image,
 };
 pub use proxy::{config_for, Proxy};
+pub use referrers::push_referrer;
 pub use registry::Registry;
+pub use tlog::TestLog;
 pub use tools::{dir_files, free_port, require_tools, sha256_hex, tempdir};
+pub use tsa::TestTsa;

@@ -70,7 +70,7 @@ impl Daemon {
                     log_tail(&self.log, 40)
                 );
             }
-            match blocking_http(addr, "GET", "/v2/", &[]) {
+            match blocking_http(addr, "GET", "/v2/", &[], &[]) {
                 Ok(r) if ok(r.status) => return,
                 Ok(r) => last = format!("status {}", r.status),
                 Err(e) => last = e.to_string(),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::process::Daemon;
-use crate::tools::free_port;
+use crate::tools::{blocking_http, free_port, sha256_hex};
 
 /// A running distribution registry. Killed on drop; its files stay in the work dir.
 pub struct Registry {
@@ -141,6 +141,68 @@ impl Registry {
             .filter_map(access_line)
             .filter(|(m, p)| *m == method && p.contains(path_contains))
             .count()
+    }
+
+    /// Uploads `data` as a blob of `repo` (monolithic: POST, then PUT `?digest=`) and returns its
+    /// digest. Blocking, plain HTTP only; panics with the registry's answer on any non-2xx.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256_hex(data);
+        let start = format!("/v2/{repo}/blobs/uploads/");
+        let resp = self.exchange("POST", &start, &[], &[]);
+        let location = resp
+            .header("location")
+            .unwrap_or_else(|| panic!("POST {start}: no Location header"));
+        // Distribution answers an absolute URL; keep only the path and query.
+        let mut path = match location.find("://") {
+            Some(i) => {
+                let rest = &location[i + 3..];
+                rest.find('/').map_or("/", |p| &rest[p..]).to_string()
+            }
+            None => location.to_string(),
+        };
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str("digest=");
+        path.push_str(&digest);
+        let content_type = [("Content-Type", "application/octet-stream")];
+        self.exchange("PUT", &path, &content_type, data);
+        digest
+    }
+
+    /// PUTs `manifest` (of `media_type`) as `repo:reference`, a tag or a digest, and returns its
+    /// digest (checked against the registry's). Blocking, plain HTTP only; panics on any non-2xx.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        manifest: &[u8],
+    ) -> String {
+        let digest = sha256_hex(manifest);
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let resp = self.exchange("PUT", &path, &[("Content-Type", media_type)], manifest);
+        if let Some(d) = resp.header("docker-content-digest") {
+            assert_eq!(d, digest, "the registry's digest of {repo}:{reference}");
+        }
+        digest
+    }
+
+    /// One blocking exchange that must succeed (2xx).
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> crate::tools::RawResponse {
+        assert!(
+            self.tls.is_none(),
+            "the blocking helpers speak plain HTTP only, the registry is at {}",
+            self.url()
+        );
+        let resp = blocking_http(self.addr, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {}{path}: {e}", self.url()));
+        resp.expect_2xx(method, path);
+        resp
     }
 
     /// Where the registry stores the blob `digest` (`sha256:<hex>`).

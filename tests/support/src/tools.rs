@@ -69,26 +69,53 @@ pub(crate) struct RawResponse {
     pub(crate) status: u16,
     /// Header lines in order, names lower-cased.
     pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
-/// A minimal blocking HTTP/1.1 exchange (`Connection: close`), so that blocking helpers need no
-/// runtime. Only the status and headers are returned: the body is read and dropped.
+impl RawResponse {
+    /// The first header called `name` (lower-case).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Panics with the whole answer unless the status is 2xx.
+    pub(crate) fn expect_2xx(&self, method: &str, path: &str) {
+        assert!(
+            (200..300).contains(&self.status),
+            "{method} {path}: answered {} {:?}\n{}",
+            self.status,
+            self.headers,
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+}
+
+/// A minimal blocking HTTP/1.1 exchange (`Connection: close`, read to EOF), so that blocking
+/// helpers need no runtime. `body` is sent with a `Content-Length` (none for `GET`/`HEAD`).
 pub(crate) fn blocking_http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+    body: &[u8],
 ) -> std::io::Result<RawResponse> {
-    let timeout = Duration::from_secs(10);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !matches!(method, "GET" | "HEAD") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    s.write_all(&raw)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
@@ -107,7 +134,11 @@ pub(crate) fn blocking_http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok(RawResponse { status, headers })
+    Ok(RawResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
 }
 
 /// Every file directly in `dir` (what `skopeo copy … dir:DIR` writes), name and bytes, sorted by

@@ -141,7 +141,14 @@ fn trusted_root_has_the_expected_shape() {
         .unwrap();
     assert_eq!(ca_der, pem_to_der(&ss.ca_pem()));
     assert_eq!(root["ctlogs"], Value::Array(vec![]));
-    assert_eq!(root["timestampAuthorities"], Value::Array(vec![]));
+    // The Rekor v2 log (Ed25519) and the TSA; their shape is checked by sigstore-verify in
+    // bundle_fixtures.rs.
+    assert_eq!(root["tlogs"][1]["publicKey"]["keyDetails"], "PKIX_ED25519");
+    let tsa = &root["timestampAuthorities"][0];
+    assert_eq!(
+        tsa["certChain"]["certificates"].as_array().unwrap().len(),
+        2
+    );
 }
 
 #[test]
