@@ -1,30 +1,21 @@
 //! Legacy cosign attestations (`.att`): the layer's envelope and annotations, its Sigstore bundle
 //! v0.1 cross-checked with sigstore-verify, and the manifest pushed to a real registry.
 
+mod common;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use common::{artifact, digest_of, verifier, NOT_AFTER, NOT_BEFORE};
 use portcullis_testkit::intoto::{statement_v01, SLSA_PROVENANCE_V02};
 use portcullis_testkit::{
     attestation_bundle_v01, http, push_attestation, tempdir, CosignKey, Registry, Signer,
     TestSigstore,
 };
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use sigstore_verify::trust_root::TrustedRoot;
-use sigstore_verify::types::{Bundle, DerPublicKey, Sha256Hash};
-use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier};
+use sigstore_verify::types::{Bundle, DerPublicKey};
+use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy};
 
-const NOT_BEFORE: i64 = 1_700_000_000;
-const NOT_AFTER: i64 = NOT_BEFORE + 600;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn digest_of(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-fn artifact(digest: &str) -> Sha256Hash {
-    Sha256Hash::from_hex(digest.strip_prefix("sha256:").unwrap()).unwrap()
-}
 
 fn provenance(digest: &str) -> Vec<u8> {
     statement_v01(
@@ -33,10 +24,6 @@ fn provenance(digest: &str) -> Vec<u8> {
         SLSA_PROVENANCE_V02,
         &json!({ "builder": { "id": "b" } }),
     )
-}
-
-fn verifier(ss: &TestSigstore) -> Verifier {
-    Verifier::new(&TrustedRoot::from_json(&ss.trusted_root_json()).unwrap()).unwrap()
 }
 
 #[test]
