@@ -4,10 +4,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_policy::{
-    AuthorityConfig, Evidence, KeyConfig, KeylessConfig, Mode, NamePolicyConfig, Policy,
-    RootConfig, RuleConfig, SignatureLayer, TrustConfig,
+    AttestationConfig, AuthorityConfig, Evidence, KeyConfig, KeylessConfig, Mode, NamePolicyConfig,
+    Policy, RootConfig, RuleConfig, SignatureLayer, TrustConfig,
 };
 use portcullis_testkit::cosign::{simple_signing_payload, CosignKey, TestSigstore};
+use portcullis_testkit::intoto::{cosign_sign_v1_statement, slsa_v1_predicate, statement};
+use portcullis_testkit::Signer;
 
 fn rule(name: &str, image: &str, authority: AuthorityConfig) -> RuleConfig {
     RuleConfig {
@@ -107,6 +109,83 @@ fn evaluate(c: &mut Criterion) {
     c.bench_function("verify keyless signature (SET, chain, identity)", |b| {
         b.iter(|| policy.evaluate("r.test/keyless", &digest, &keyless))
     });
+    provenance(c, &sigstore, &trust, &digest);
+}
+
+/// Cold cost of a cosign v3 image: a keyless sign/v1 bundle plus a SLSA v1 attestation bundle
+/// (Rekor v1 SET, inclusion proof and checkpoint each), under a rule that requires the
+/// attestation with two CEL conditions.
+fn provenance(c: &mut Criterion, sigstore: &TestSigstore, trust: &TrustConfig, digest: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let leaf = sigstore.issue_leaf(
+        "builder@example.test",
+        "https://issuer.test",
+        now - 60,
+        now + 600,
+    );
+    let builder = "https://github.com/acme/builder/.github/workflows/build.yml@refs/heads/main";
+    let predicate = slsa_v1_predicate(
+        builder,
+        "https://github.com/acme/app",
+        "refs/heads/main",
+        &"ab".repeat(20),
+        "build.yml",
+    );
+    let evidence = Evidence {
+        bundles: vec![
+            sigstore
+                .dsse_bundle(Signer::Keyless(&leaf), &cosign_sign_v1_statement(digest))
+                .build()
+                .into_bytes(),
+            sigstore
+                .dsse_bundle(
+                    Signer::Keyless(&leaf),
+                    &statement(
+                        "r.test/prov",
+                        digest,
+                        "https://slsa.dev/provenance/v1",
+                        &predicate,
+                    ),
+                )
+                .build()
+                .into_bytes(),
+        ],
+        ..Evidence::default()
+    };
+    let rule = RuleConfig {
+        attestations: vec![AttestationConfig {
+            predicate_type: "https://slsa.dev/provenance/v1".into(),
+            conditions: vec![
+                format!("predicate.runDetails.builder.id == {builder:?}"),
+                r#"predicate.buildDefinition.externalParameters.workflow.repository.startsWith("https://github.com/acme/")"#.into(),
+            ],
+            ..Default::default()
+        }],
+        ..rule("prov", "r.test/prov", AuthorityConfig {
+            keyless: Some(KeylessConfig {
+                root: "test".into(),
+                issuer: Some("https://issuer.test".into()),
+                subject: Some("builder@example.test".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let policy = Policy::new(&NamePolicyConfig::default(), trust, &[rule]).unwrap();
+    let v = policy.evaluate("r.test/prov", digest, &evidence);
+    assert_eq!(
+        v.decision,
+        portcullis_policy::Decision::Allow,
+        "{}",
+        v.message
+    );
+    c.bench_function(
+        "verify cosign v3 signature + SLSA attestation bundles",
+        |b| b.iter(|| policy.evaluate("r.test/prov", digest, &evidence)),
+    );
 }
 
 criterion_group!(benches, evaluate);
