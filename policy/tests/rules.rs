@@ -251,3 +251,96 @@ fn bad_rules_are_refused_at_load() {
     assert!(bad(vec![], None).contains("no [[rule.authority]]"));
     assert!(bad(vec![AuthorityConfig::default()], None).contains("exactly one"));
 }
+
+#[test]
+fn ci_claims_and_spiffe_ids_are_matched() {
+    let f = fixture();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let spiffe = "spiffe://acme.test/ns/ci/sa/builder";
+    let layer = |claims: &[(u64, &str)]| {
+        let payload = simple_signing_payload("reg.test/app", DIGEST);
+        let leaf =
+            f.sigstore
+                .issue_ci_leaf(spiffe, "https://issuer.test", (now - 60, now + 600), claims);
+        let signature = leaf.sign(&payload);
+        SignatureLayer {
+            bundle: Some(
+                f.sigstore
+                    .set_bundle(&payload, &signature, &leaf.cert_pem, now),
+            ),
+            certificate: Some(leaf.cert_pem.clone()),
+            signature,
+            payload,
+            chain: None,
+        }
+    };
+    let authority = AuthorityConfig {
+        keyless: Some(KeylessConfig {
+            root: "test".into(),
+            issuer: Some("https://issuer.test".into()),
+            subject: Some(spiffe.into()),
+            claims: [
+                ("github_workflow_repository", "acme/app"),
+                ("source_repository_ref", "refs/heads/main"),
+                ("build_trigger", "push"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let p = policy(&f, None, vec![authority]);
+    // 1.5: workflow repository (legacy, raw); 1.14: source ref and 1.20: trigger (UTF8String).
+    let good = [layer(&[
+        (5, "acme/app"),
+        (14, "refs/heads/main"),
+        (20, "push"),
+    ])];
+    let v = p.evaluate("reg.test/app", DIGEST, &good.to_vec().into());
+    assert_eq!(v.decision, Decision::Allow, "{}", v.message);
+    let fork = [layer(&[
+        (5, "evil/app"),
+        (14, "refs/heads/main"),
+        (20, "push"),
+    ])];
+    let v = p.evaluate("reg.test/app", DIGEST, &fork.to_vec().into());
+    assert_eq!(v.decision, Decision::Deny);
+    assert!(
+        v.message
+            .contains("claim github_workflow_repository is Some(\"evil/app\")"),
+        "{}",
+        v.message
+    );
+    let untriggered = [layer(&[(5, "acme/app"), (14, "refs/heads/main")])];
+    let v = p.evaluate("reg.test/app", DIGEST, &untriggered.to_vec().into());
+    assert!(v.message.contains("build_trigger is None"), "{}", v.message);
+
+    let bad = RuleConfig {
+        name: "r".into(),
+        images: vec!["x/**".into()],
+        authorities: vec![AuthorityConfig {
+            keyless: Some(KeylessConfig {
+                root: "test".into(),
+                issuer: Some("i".into()),
+                subject: Some("s".into()),
+                claims: [("github_workflow_repo".to_owned(), "x".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = Policy::new(&NamePolicyConfig::default(), &f.trust, &[bad])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("unknown certificate claim \"github_workflow_repo\""),
+        "{err}"
+    );
+}

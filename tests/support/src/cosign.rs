@@ -234,6 +234,19 @@ impl TestSigstore {
         not_before: i64,
         not_after: i64,
     ) -> Leaf {
+        self.issue_ci_leaf(identity, issuer, (not_before, not_after), &[])
+    }
+
+    /// [`TestSigstore::issue_leaf`] with Fulcio CI claims: `(n, value)` is extension
+    /// 1.3.6.1.4.1.57264.1.n, raw text for GitHub's legacy claims (n < 8) and a DER
+    /// `UTF8String` for the current ones (n >= 8), as Fulcio writes them.
+    pub fn issue_ci_leaf(
+        &self,
+        identity: &str,
+        issuer: &str,
+        (not_before, not_after): (i64, i64),
+        claims: &[(u64, &str)],
+    ) -> Leaf {
         let key = SigningKey::generate();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -252,6 +265,17 @@ impl TestSigstore {
             CustomExtension::from_oid_content(OID_ISSUER_V1, issuer.as_bytes().to_vec()),
             CustomExtension::from_oid_content(OID_ISSUER_V2, crate::der::utf8_string(issuer)),
         ];
+        for &(n, value) in claims {
+            let content = if n < 8 {
+                value.as_bytes().to_vec()
+            } else {
+                crate::der::utf8_string(value)
+            };
+            let oid = [1, 3, 6, 1, 4, 1, 57264, 1, n];
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(&oid, content));
+        }
         params.not_before = unix_to_datetime(not_before);
         params.not_after = unix_to_datetime(not_after);
         let cert = params
