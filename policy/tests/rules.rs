@@ -87,12 +87,19 @@ fn keyed_layer(k: &CosignKey, digest: &str) -> SignatureLayer {
 }
 
 fn keyless_layer(f: &Fixture, identity: &str, issuer: &str) -> SignatureLayer {
+    ci_layer(f, identity, issuer, &[])
+}
+
+/// A keyless layer whose leaf carries Fulcio CI `claims` (see `TestSigstore::issue_ci_leaf`).
+fn ci_layer(f: &Fixture, identity: &str, issuer: &str, claims: &[(u64, &str)]) -> SignatureLayer {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
     let payload = simple_signing_payload("reg.test/app", DIGEST);
-    let leaf = f.sigstore.issue_leaf(identity, issuer, now - 60, now + 600);
+    let leaf = f
+        .sigstore
+        .issue_ci_leaf(identity, issuer, (now - 60, now + 600), claims);
     let signature = leaf.sign(&payload);
     SignatureLayer {
         bundle: Some(
@@ -255,28 +262,8 @@ fn bad_rules_are_refused_at_load() {
 #[test]
 fn ci_claims_and_spiffe_ids_are_matched() {
     let f = fixture();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let spiffe = "spiffe://acme.test/ns/ci/sa/builder";
-    let layer = |claims: &[(u64, &str)]| {
-        let payload = simple_signing_payload("reg.test/app", DIGEST);
-        let leaf =
-            f.sigstore
-                .issue_ci_leaf(spiffe, "https://issuer.test", (now - 60, now + 600), claims);
-        let signature = leaf.sign(&payload);
-        SignatureLayer {
-            bundle: Some(
-                f.sigstore
-                    .set_bundle(&payload, &signature, &leaf.cert_pem, now),
-            ),
-            certificate: Some(leaf.cert_pem.clone()),
-            signature,
-            payload,
-            chain: None,
-        }
-    };
+    let layer = |claims: &[(u64, &str)]| ci_layer(&f, spiffe, "https://issuer.test", claims);
     let authority = AuthorityConfig {
         keyless: Some(KeylessConfig {
             root: "test".into(),
