@@ -1,8 +1,10 @@
 //! Response bodies, and the verify-while-streaming body.
 //!
-//! A blob body follows a file that is being written by a fetch (or is already complete). While
-//! the fetch is still hashing, the body releases bytes only up to the written length minus a held
-//! back tail, so no client can finish a blob before its digest has matched. If the fetch fails,
+//! A blob body follows a file that is being written by a fetch (or is already complete). By
+//! default (`verify-first`) it releases nothing until the whole blob has matched its digest. In
+//! `stream` mode, while the fetch is still hashing, it releases bytes only up to the written
+//! length minus a held back tail of the size the verified manifest promised, so no client can
+//! finish a blob before its digest has matched (but an unverified prefix can reach it). If the fetch fails,
 //! the body ends with an error, which makes hyper abort the response: a client sees a truncated
 //! transfer, never a complete unverified one. Reads happen on a blocking thread, by position, in
 //! bounded chunks: memory per client stays at a few chunks whatever the blob size.
@@ -46,6 +48,8 @@ pub enum Source {
     Following {
         paths: [PathBuf; 2],
         progress: watch::Receiver<Progress>,
+        /// `stream` mode: release all but the tail before the digest matched.
+        early: bool,
     },
 }
 
@@ -86,11 +90,15 @@ fn pump(
         Source::Following {
             paths,
             mut progress,
+            early,
         } => {
             let mut file: Option<File> = None;
             loop {
                 let (releasable, done) = match &*progress.borrow_and_update() {
-                    Progress::Streaming { size, written } => (releasable(*size, *written), false),
+                    Progress::Streaming { size, written } if early => {
+                        (releasable(*size, *written), false)
+                    }
+                    Progress::Streaming { .. } => (0, false),
                     Progress::Verified { size, .. } => (*size, true),
                     Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
                     Progress::Starting => (0, false),

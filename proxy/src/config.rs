@@ -107,6 +107,21 @@ pub struct CacheConfig {
     /// While the upstream is down, a tag mapping this old is still served (with a log line).
     #[serde(with = "humantime_serde")]
     pub max_stale: Duration,
+    /// When the body of a blob that is still being fetched may reach a client.
+    pub cold_blobs: ColdBlobs,
+}
+
+/// `[cache] cold_blobs`: how a blob that is not yet cached is released to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColdBlobs {
+    /// Response headers at once, the body only once the whole blob matched its digest: no
+    /// unverified byte reaches a client.
+    #[default]
+    VerifyFirst,
+    /// The body as it arrives, all but a held-back tail until the digest matched. An
+    /// unverified prefix can reach the client (which checks the digest itself); opt-in.
+    Stream,
 }
 
 /// One upstream registry. Credentials come from the environment or files, never inline.
@@ -191,6 +206,7 @@ impl Default for CacheConfig {
             memory: ByteSize::mib(64),
             tag_ttl: Duration::from_secs(300),
             max_stale: Duration::from_secs(24 * 3600),
+            cold_blobs: ColdBlobs::default(),
         }
     }
 }

@@ -51,6 +51,10 @@ pub enum ProxyError {
     /// The upstream answered with content that failed verification or broke the protocol.
     #[error("upstream sent bad content: {0}")]
     BadUpstream(String),
+    /// The upstream sent a manifest that clients could read differently from portcullis, or
+    /// that is not a manifest at all: never cached, never served.
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
     /// The upstream sent a manifest or document larger than we accept.
     #[error("upstream sent an oversize document: {0}")]
     TooLarge(String),
@@ -61,9 +65,10 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
-            ProxyError::Unavailable(_) | ProxyError::BadUpstream(_) | ProxyError::TooLarge(_) => {
-                Origin::Upstream
-            }
+            ProxyError::Unavailable(_)
+            | ProxyError::BadUpstream(_)
+            | ProxyError::ManifestInvalid(_)
+            | ProxyError::TooLarge(_) => Origin::Upstream,
             ProxyError::TooManyRequests(_) => Origin::Upstream,
             ProxyError::Internal(_) => Origin::Internal,
             _ => Origin::Client,
@@ -96,6 +101,7 @@ impl ProxyError {
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             BadUpstream(_) => (StatusCode::BAD_GATEWAY, "DIGEST_INVALID"),
             TooLarge(_) => (StatusCode::BAD_GATEWAY, "SIZE_INVALID"),
+            ManifestInvalid(_) => (StatusCode::BAD_GATEWAY, "MANIFEST_INVALID"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }

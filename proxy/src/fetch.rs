@@ -62,11 +62,14 @@ impl Flights {
     }
 
     /// Joins the fetch of `digest`, starting it if none runs. The flag says whether it joined.
+    /// `size` is what the verified manifest's descriptor promised: a fetch it starts aborts on
+    /// any other length.
     pub fn join(
         self: &Arc<Self>,
         store: &Arc<Store>,
         target: &Target,
         digest: &Digest,
+        size: u64,
     ) -> Result<(Arc<Flight>, bool), ProxyError> {
         let mut running = self.running.lock().expect("flights lock");
         if let Some(flight) = running.get(digest) {
@@ -86,6 +89,7 @@ impl Flights {
             store: Arc::clone(store),
             target: target.clone(),
             digest: digest.clone(),
+            size,
             progress: Arc::new(tx),
         };
         tokio::spawn(job.run(writer));
@@ -98,6 +102,8 @@ struct Job {
     store: Arc<Store>,
     target: Target,
     digest: Digest,
+    /// The length the verified manifest promised.
+    size: u64,
     progress: Arc<watch::Sender<Progress>>,
 }
 
@@ -150,7 +156,13 @@ impl Job {
                 ProxyError::BlobUnknown(format!("{what} is not in the upstream"))
             }));
         }
-        let size = content_length(&resp);
+        if let Some(said) = content_length(&resp).filter(|n| *n != self.size) {
+            return Err(ProxyError::BadUpstream(format!(
+                "{what}: the upstream says {said} bytes, the verified manifest {}; nothing was cached",
+                self.size
+            )));
+        }
+        let size = Some(self.size);
         writer.expect_size(size);
         self.progress
             .send_replace(Progress::Streaming { size, written: 0 });

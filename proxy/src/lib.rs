@@ -11,6 +11,7 @@
 //! - [`route`]: request paths, name validation, and routing to upstreams.
 //! - [`upstream`]: the upstream client (rustls, token flow, redirects, timeouts).
 //! - [`handlers`]: the registry routes.
+//! - [`oci`]: the strict reader for manifests, indexes and cosign verification material.
 //! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-while-streaming body.
 //! - [`error`]: the one place errors become OCI error JSON.
 //! - [`server`], [`tls`] and [`log`]: the listeners, the request stack, HTTPS and the request log.
@@ -29,6 +30,7 @@ pub mod handlers;
 pub mod linger;
 pub mod log;
 pub mod metrics;
+pub mod oci;
 pub mod reload;
 pub mod route;
 pub mod server;

@@ -7,17 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::Path;
 
-use portcullis_cache::{now_ms, Digest, Manifest, TagRecord};
+use portcullis_cache::{now_ms, Digest, TagRecord};
 use portcullis_policy::{Decision, Evidence, NameDecision};
 
 use super::layout::{Descriptor, Layout, REF_NAME};
 use super::split_ref;
 use crate::app::App;
-use crate::handlers::gate::{self, is_signature_tag, SigManifest};
-use crate::handlers::manifests::Refs;
+use crate::handlers::gate;
+use crate::oci::cosign::{self, is_signature_tag, EvidenceArtifact, MAX_EVIDENCE_BLOB};
+use crate::oci::{Document, Reference};
 use crate::route::Target;
-
-const MAX_PAYLOAD: u64 = 256 * 1024;
 
 /// What happened to one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +38,11 @@ impl std::fmt::Display for Line {
     }
 }
 
-/// A manifest read from the layout, digest-checked.
+/// A manifest read from the layout, digest-checked and read strictly.
 struct Node {
     digest: Digest,
-    media_type: String,
     bytes: bytes::Bytes,
+    doc: Document,
     blobs: Vec<Digest>,
     children: Vec<Digest>,
 }
@@ -132,9 +131,10 @@ fn one(
         nodes.push(node(layout, child, None, max)?);
     }
 
-    // The signatures and attestations that travelled with it, checked like any content.
+    // The signatures and attestations that travelled with it, checked like any content: only
+    // an artifact whose every blob is small verification material counts, or is imported.
     let mut evidence = Evidence::default();
-    let mut sig_nodes = Vec::new();
+    let mut sig_nodes: Vec<(String, Node, EvidenceArtifact)> = Vec::new();
     let mut payloads = Vec::new();
     for suffix in ["sig", "att"] {
         let tag = format!("{}.{suffix}", digest.tag_form());
@@ -143,20 +143,37 @@ fn one(
         };
         let sd_digest: Digest = sd.digest.parse().map_err(|e| format!("{e}"))?;
         let sn = node(layout, &sd_digest, Some(&sd.media_type), max)?;
-        let parsed: SigManifest = serde_json::from_slice(&sn.bytes)
-            .map_err(|e| format!("signature manifest {sd_digest}: {e}"))?;
-        for l in &parsed.layers {
-            let Ok(pd) = l.digest.parse::<Digest>() else {
+        let artifact = match cosign::evidence_artifact(&sn.doc, Some(&tag)) {
+            Some(a) if a.subject == digest => a,
+            _ => {
+                tracing::warn!(name = %target.name, tag, "ignoring a signature tag that is not verification material");
                 continue;
-            };
-            let payload = layout.read_verified(&pd, MAX_PAYLOAD)?;
-            evidence.signatures.extend(l.layer(payload.to_vec()));
+            }
+        };
+        let checked: Vec<(Digest, bytes::Bytes)> = artifact
+            .blobs
+            .iter()
+            .map(|(r, material)| {
+                let bytes = layout.read_verified(&r.digest, MAX_EVIDENCE_BLOB)?;
+                if bytes.len() as u64 != r.size {
+                    return Err(format!("{tag}: blob {} is not {} bytes", r.digest, r.size));
+                }
+                material.check(&bytes).map_err(|why| {
+                    format!("{tag}: blob {} is not {material:?}: {why}", r.digest)
+                })?;
+                Ok((r.digest.clone(), bytes))
+            })
+            .collect::<Result<_, String>>()?;
+        for (layer, (_, bytes)) in sn.doc.layers().iter().zip(checked.iter().skip(1)) {
+            evidence
+                .signatures
+                .extend(cosign::signature_layer(layer, bytes.to_vec()));
             evidence
                 .attestations
-                .extend(l.attestation(payload.to_vec()));
-            payloads.push((pd, payload));
+                .extend(cosign::attestation_layer(layer, bytes.to_vec()));
         }
-        sig_nodes.push((tag, sn));
+        payloads.extend(checked);
+        sig_nodes.push((tag, sn, artifact));
     }
     let verdict = app
         .policy
@@ -169,7 +186,6 @@ fn one(
         let mut seen = HashSet::new();
         std::iter::once(&top)
             .chain(&nodes)
-            .chain(sig_nodes.iter().map(|(_, n)| n))
             .flat_map(|n| n.blobs.iter().cloned())
             .filter(|b| seen.insert(b.clone()))
             .collect()
@@ -188,12 +204,6 @@ fn one(
     // Blobs first: each verified as it is written, invisible until committed.
     for b in &all_blobs {
         if app.store.has_blob(b).map_err(|e| e.to_string())?.is_some() {
-            continue;
-        }
-        if let Some((_, bytes)) = payloads.iter().find(|(pd, _)| pd == b) {
-            write_blob(app, b, |w| {
-                w.write(bytes.clone()).map_err(|e| e.to_string())
-            })?;
             continue;
         }
         write_blob(app, b, |w| {
@@ -217,40 +227,39 @@ fn one(
     let err = |e: crate::error::ProxyError| e.to_string();
     for n in nodes
         .iter()
-        .chain(sig_nodes.iter().map(|(_, n)| n))
+        .chain(sig_nodes.iter().map(|(_, n, _)| n))
         .chain(std::iter::once(&top))
     {
         let mut refs = n.blobs.clone();
         refs.extend(n.children.iter().cloned());
         app.store
-            .put_manifest(&n.digest, &n.media_type, &n.bytes, &refs)
+            .put_manifest(&n.digest, &n.doc.media_type, &n.bytes, &refs)
             .map_err(|e| e.to_string())?;
         app.store
             .link(&target.name, &n.digest)
             .map_err(|e| e.to_string())?;
     }
     gate::store_verdict(app, &target.name, &digest, verdict.clone()).map_err(err)?;
-    let mut refs = top.blobs.clone();
-    refs.extend(top.children.iter().cloned());
-    let manifest = Manifest {
-        media_type: top.media_type.clone(),
-        bytes: top.bytes.clone(),
-        refs,
-    };
-    gate::enforce(app, target, &digest, &manifest, &verdict).map_err(err)?;
+    gate::enforce(app, target, &digest, &top.doc, &verdict).map_err(err)?;
     let record = |d: &Digest, mt: &str| TagRecord {
         digest: d.to_string(),
         media_type: mt.to_owned(),
         fetched_at_ms: now_ms(),
     };
-    for (sig_tag, sn) in &sig_nodes {
-        gate::open_gate(app, target, &sn.blobs).map_err(err)?;
+    // The image passed: its verification material may be served beside it.
+    for (sig_tag, sn, artifact) in &sig_nodes {
+        let refs: Vec<Reference> = artifact.blobs.iter().map(|(r, _)| r.clone()).collect();
+        gate::open_gate(app, target, &refs).map_err(err)?;
         app.store
-            .put_tag(&target.name, sig_tag, &record(&sn.digest, &sn.media_type))
+            .put_tag(
+                &target.name,
+                sig_tag,
+                &record(&sn.digest, &sn.doc.media_type),
+            )
             .map_err(|e| e.to_string())?;
     }
     app.store
-        .put_tag(&target.name, tag, &record(&digest, &top.media_type))
+        .put_tag(&target.name, tag, &record(&digest, &top.doc.media_type))
         .map_err(|e| e.to_string())?;
     Ok(if unchanged { "unchanged" } else { "imported" })
 }
@@ -262,16 +271,13 @@ fn node(
     max: u64,
 ) -> Result<Node, String> {
     let bytes = layout.read_verified(digest, max)?;
-    let refs = Refs::parse(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
-    let media_type = media_type
-        .map(str::to_owned)
-        .or(refs.media_type.clone())
-        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+    let doc = Document::parse(&bytes, media_type).map_err(|e| format!("manifest {digest}: {e}"))?;
+    let refs = |rs: Vec<Reference>| rs.into_iter().map(|r| r.digest).collect();
     Ok(Node {
         digest: digest.clone(),
-        media_type,
-        blobs: refs.blobs()?,
-        children: refs.children()?,
+        blobs: refs(doc.blobs().map_err(|e| e.to_string())?),
+        children: refs(doc.children().map_err(|e| e.to_string())?),
+        doc,
         bytes,
     })
 }

@@ -11,8 +11,9 @@ use super::export::export;
 use super::split_ref;
 use crate::app::App;
 use crate::fetch::Progress;
-use crate::handlers::manifests::{self, Refs};
+use crate::handlers::manifests;
 use crate::handlers::{gate, Accept, Outcome};
+use crate::oci::{cosign, Document};
 use crate::route::Target;
 use crate::upstream::read_limited;
 
@@ -96,7 +97,7 @@ async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
         .tags
         .unwrap_or_default()
         .into_iter()
-        .filter(|t| glob.is_match(t) && !gate::is_signature_tag(t))
+        .filter(|t| glob.is_match(t) && !cosign::is_signature_tag(t))
         .map(|t| format!("{repo}:{t}"))
         .collect();
     if found.is_empty() {
@@ -122,9 +123,10 @@ async fn pull(app: &App, image: &str) -> Result<String, String> {
     if verdict.decision == Decision::Deny {
         return Err(verdict.message.clone());
     }
-    gate::enforce(app, &target, &digest, &manifest, &verdict).map_err(|e| e.to_string())?;
-    let refs = Refs::parse(&manifest.bytes)?;
-    for child in refs.children()? {
+    let doc = read(&manifest, &digest)?;
+    gate::enforce(app, &target, &digest, &doc, &verdict).map_err(|e| e.to_string())?;
+    for child in doc.children().map_err(|e| e.to_string())? {
+        let child = child.digest;
         let mut o = Outcome::default();
         let m = manifests::by_digest(app, &target, &child, &Accept::default(), &mut o)
             .await
@@ -132,19 +134,24 @@ async fn pull(app: &App, image: &str) -> Result<String, String> {
         let v = gate::verdict(app, &target, &child)
             .await
             .map_err(|e| e.to_string())?;
-        gate::enforce(app, &target, &child, &m, &v).map_err(|e| e.to_string())?;
-        for b in Refs::parse(&m.bytes)?.blobs()? {
-            blob(app, &target, &b).await?;
+        let child_doc = read(&m, &child)?;
+        gate::enforce(app, &target, &child, &child_doc, &v).map_err(|e| e.to_string())?;
+        for b in child_doc.blobs().map_err(|e| e.to_string())? {
+            blob(app, &target, &b.digest, b.size).await?;
         }
     }
-    for b in refs.blobs()? {
-        blob(app, &target, &b).await?;
+    for b in doc.blobs().map_err(|e| e.to_string())? {
+        blob(app, &target, &b.digest, b.size).await?;
     }
     Ok(format!("{}:{tag}", target.name))
 }
 
+fn read(m: &portcullis_cache::Manifest, digest: &Digest) -> Result<Document, String> {
+    Document::parse(&m.bytes, Some(&m.media_type)).map_err(|e| format!("manifest {digest}: {e}"))
+}
+
 /// Fetches a blob through the single-flight path and waits until the store holds it.
-async fn blob(app: &App, target: &Target, digest: &Digest) -> Result<(), String> {
+async fn blob(app: &App, target: &Target, digest: &Digest, size: u64) -> Result<(), String> {
     if app
         .store
         .has_blob(digest)
@@ -155,7 +162,7 @@ async fn blob(app: &App, target: &Target, digest: &Digest) -> Result<(), String>
     }
     let (flight, _) = app
         .flights
-        .join(&app.store, target, digest)
+        .join(&app.store, target, digest, size)
         .map_err(|e| e.to_string())?;
     let mut progress = flight.progress.clone();
     let state = progress

@@ -8,6 +8,7 @@ use portcullis_cache::{Blob, Digest};
 use super::{gate, Outcome};
 use crate::app::App;
 use crate::body::{empty, full, stream, ResponseBody, Source};
+use crate::config::ColdBlobs;
 use crate::error::ProxyError;
 use crate::fetch::Progress;
 use crate::route::Target;
@@ -21,8 +22,18 @@ pub async fn serve(
     head: bool,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    gate::check_blob(app, target, digest)?;
-    if app.store.has_blob(digest)?.is_some() {
+    // The size the verified manifest promised: every path below must deliver exactly that.
+    let expected = gate::check_blob(app, target, digest)?;
+    let wrong_size = |size: u64, whence: &str| {
+        ProxyError::BadUpstream(format!(
+            "blob {}@{digest}: {whence} {size} bytes, but the verified manifest says {expected}",
+            target.name
+        ))
+    };
+    if let Some(size) = app.store.has_blob(digest)? {
+        if size != expected {
+            return Err(wrong_size(size, "the cache holds"));
+        }
         if !app.offline() && !app.store.is_linked(&target.name, digest)? {
             // Held for another repository: serve it here only if this one has it upstream too.
             upstream_head(target, digest).await?;
@@ -42,9 +53,12 @@ pub async fn serve(
     if head {
         outcome.cache = "miss";
         let size = upstream_head(target, digest).await?;
+        if size != expected {
+            return Err(wrong_size(size, "the upstream has"));
+        }
         return Ok(headers(Response::new(empty()), digest, size));
     }
-    let (flight, joined) = app.flights.join(&app.store, target, digest)?;
+    let (flight, joined) = app.flights.join(&app.store, target, digest, expected)?;
     outcome.cache = if joined { "joined" } else { "miss" };
     let mut progress = flight.progress.clone();
     let state = progress
@@ -64,9 +78,13 @@ pub async fn serve(
         Progress::Failed(e) => return Err((*e).clone()),
         _ => unreachable!("waited for a size or a verdict"),
     };
+    if size != expected {
+        return Err(wrong_size(size, "the running fetch expects"));
+    }
     let source = Source::Following {
         paths: flight.paths.clone(),
         progress,
+        early: app.config.cache.cold_blobs == ColdBlobs::Stream,
     };
     Ok(headers(
         Response::new(stream(source, 0, size)),

@@ -12,19 +12,19 @@ use std::io::Read as _;
 use portcullis_cache::{Blob, Digest};
 use portcullis_policy::{AttestationLayer, Evidence, SignatureLayer, BUNDLE_MEDIA_TYPE_PREFIX};
 
-use super::gate::{open_gate, SigManifest, DSSE_ENVELOPE, SIMPLE_SIGNING};
 use super::{manifests, referrers, Accept, Outcome};
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::oci::cosign::{self, EvidenceArtifact, Material, MAX_EVIDENCE_BLOB};
+use crate::oci::{Document, Reference};
 use crate::route::Target;
 use crate::upstream::{read_limited, status_error};
 
 /// At most this many layers of one artifact, and this many bundles of one subject, are looked at.
 const MAX_ITEMS: usize = 32;
-/// A signature payload, envelope or bundle is a few kilobytes; an SBOM attestation can be more.
-const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 
-/// Everything found for `digest`, fetched concurrently.
+/// Everything found for `digest`, fetched concurrently. Gathering opens no gate: evidence is
+/// served only once its subject has passed (see `gate::admit_evidence`).
 pub async fn gather(app: &App, target: &Target, digest: &Digest) -> Result<Evidence, ProxyError> {
     let (sig, att, bundles) = tokio::join!(
         legacy(app, target, digest, "sig"),
@@ -40,7 +40,8 @@ pub async fn gather(app: &App, target: &Target, digest: &Digest) -> Result<Evide
     })
 }
 
-/// The layers of the cosign artifact tagged `sha256-<hex>.<suffix>`, if there is one.
+/// The layers of the cosign artifact tagged `sha256-<hex>.<suffix>`, if there is one and it is
+/// verification material; anything else under that tag is no evidence.
 async fn legacy(
     app: &App,
     target: &Target,
@@ -53,30 +54,47 @@ async fn legacy(
     {
         Ok((_, m)) => m,
         Err(ProxyError::ManifestUnknown(_)) => return Ok(Default::default()),
+        Err(ProxyError::ManifestInvalid(why)) => {
+            tracing::warn!(name = %target.name, tag, why, "ignoring an unreadable signature artifact");
+            return Ok(Default::default());
+        }
         Err(e) => return Err(e),
     };
-    let parsed = parse(&m.bytes, &target.name, &tag)?;
+    let Some((doc, artifact)) = artifact_of(&m, Some(&tag), target) else {
+        return Ok(Default::default());
+    };
     // Every blob, the config too, so that the whole artifact is cached for export.
-    let blobs = fetch_all(app, target, m.refs.iter().take(MAX_ITEMS + 1)).await?;
-    open_gate(app, target, &m.refs)?;
+    let blobs = fetch_all(app, target, artifact.blobs.iter().take(MAX_ITEMS + 1)).await?;
     let mut sigs = Vec::new();
     let mut atts = Vec::new();
-    for d in parsed
-        .layers
-        .iter()
-        .filter(|d| d.size <= MAX_PAYLOAD as u64)
-        .take(MAX_ITEMS)
-    {
-        let Some(bytes) = d.digest.parse().ok().and_then(|k: Digest| blobs.get(&k)) else {
+    for (d, (r, _)) in doc.layers().iter().zip(artifact.blobs.iter().skip(1)) {
+        let Some(bytes) = blobs.get(&r.digest) else {
             continue;
         };
-        match d.media_type.as_str() {
-            SIMPLE_SIGNING => sigs.extend(d.layer(bytes.to_vec())),
-            DSSE_ENVELOPE => atts.extend(d.attestation(bytes.to_vec())),
-            _ => {}
-        }
+        sigs.extend(cosign::signature_layer(d, bytes.to_vec()));
+        atts.extend(cosign::attestation_layer(d, bytes.to_vec()));
     }
     Ok((sigs, atts))
+}
+
+/// The evidence artifact a manifest is, or a log line saying why it is none.
+fn artifact_of(
+    m: &portcullis_cache::Manifest,
+    tag: Option<&str>,
+    target: &Target,
+) -> Option<(Document, EvidenceArtifact)> {
+    let doc = match Document::parse(&m.bytes, Some(&m.media_type)) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::warn!(name = %target.name, ?tag, error = %e, "ignoring an unreadable signature artifact");
+            return None;
+        }
+    };
+    let Some(artifact) = cosign::evidence_artifact(&doc, tag) else {
+        tracing::warn!(name = %target.name, ?tag, "ignoring a signature artifact with layers that are not verification material");
+        return None;
+    };
+    Some((doc, artifact))
 }
 
 /// The Sigstore bundles among `digest`'s referrers: each artifact manifest fetched by digest,
@@ -92,7 +110,7 @@ async fn bundles(app: &App, target: &Target, digest: &Digest) -> Result<Vec<Vec<
                 .is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
         })
         .take(MAX_ITEMS);
-    let found = join_all(wanted.map(|r| one_bundle(app, target, &r.digest))).await;
+    let found = join_all(wanted.map(|r| one_bundle(app, target, digest, &r.digest))).await;
     let mut out = Vec::new();
     for f in found {
         out.extend(f?);
@@ -103,56 +121,122 @@ async fn bundles(app: &App, target: &Target, digest: &Digest) -> Result<Vec<Vec<
 async fn one_bundle(
     app: &App,
     target: &Target,
+    subject: &Digest,
     artifact: &Digest,
 ) -> Result<Vec<Vec<u8>>, ProxyError> {
     let mut outcome = Outcome::default();
-    let m = manifests::by_digest(app, target, artifact, &Accept::default(), &mut outcome).await?;
-    let parsed = parse(&m.bytes, &target.name, &artifact.to_string())?;
-    let layers: Vec<Digest> = parsed
-        .layers
-        .iter()
-        .filter(|d| d.media_type.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
-        .filter(|d| d.size <= MAX_PAYLOAD as u64)
-        .filter_map(|d| d.digest.parse().ok())
+    let m =
+        match manifests::by_digest(app, target, artifact, &Accept::default(), &mut outcome).await {
+            Ok(m) => m,
+            Err(ProxyError::ManifestInvalid(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+    let Some((_, found)) = artifact_of(&m, None, target) else {
+        return Ok(Vec::new());
+    };
+    if &found.subject != subject {
+        tracing::warn!(name = %target.name, %artifact, %subject, "ignoring a referrer whose subject is another manifest");
+        return Ok(Vec::new());
+    }
+    let layers: Vec<(Reference, Material)> = found
+        .blobs
+        .into_iter()
+        .filter(|(_, m)| *m == Material::Bundle)
         .take(MAX_ITEMS)
         .collect();
     let blobs = fetch_all(app, target, layers.iter()).await?;
-    open_gate(app, target, &m.refs)?;
     Ok(layers
         .iter()
-        .filter_map(|d| blobs.get(d).map(|b| b.to_vec()))
+        .filter_map(|(r, _)| blobs.get(&r.digest).map(|b| b.to_vec()))
         .collect())
 }
 
-fn parse(bytes: &[u8], name: &str, what: &str) -> Result<SigManifest, ProxyError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ProxyError::BadUpstream(format!("{name}:{what} is not a manifest: {e}")))
-}
-
+/// Fetches each blob of an evidence artifact that is small enough to be evidence, and keeps
+/// those that are what their descriptors say. Failures are logged and the blob is left out.
 async fn fetch_all<'a>(
     app: &App,
     target: &Target,
-    digests: impl Iterator<Item = &'a Digest>,
+    blobs: impl Iterator<Item = &'a (Reference, Material)>,
 ) -> Result<std::collections::HashMap<Digest, Bytes>, ProxyError> {
     let fetched =
-        join_all(digests.map(|d| async move { (d.clone(), payload(app, target, d).await) })).await;
-    fetched.into_iter().map(|(d, r)| Ok((d, r?))).collect()
+        join_all(blobs.map(|(r, m)| async move { (r, payload(app, target, r, *m).await) })).await;
+    let mut out = std::collections::HashMap::new();
+    for (r, result) in fetched {
+        match result {
+            Ok(bytes) => {
+                out.insert(r.digest.clone(), bytes);
+            }
+            Err(e @ (ProxyError::Denied(_) | ProxyError::TooLarge(_))) => {
+                tracing::warn!(name = %target.name, digest = %r.digest, error = %e, "evidence blob ignored")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
-/// A small blob, from the cache or the upstream, checked against its digest and cached.
-async fn payload(app: &App, target: &Target, digest: &Digest) -> Result<Bytes, ProxyError> {
+/// Every blob of an evidence artifact, fetched and checked: the references the gate may open.
+/// Any blob that is too large or not what it claims refuses the whole artifact.
+pub async fn material(
+    app: &App,
+    target: &Target,
+    blobs: &[(Reference, Material)],
+) -> Result<Vec<Reference>, ProxyError> {
+    let fetched = join_all(blobs.iter().map(|(r, m)| payload(app, target, r, *m))).await;
+    for result in fetched {
+        result?;
+    }
+    Ok(blobs.iter().map(|(r, _)| r.clone()).collect())
+}
+
+/// A small blob, from the cache or the upstream: at most [`MAX_EVIDENCE_BLOB`] bytes, checked
+/// against its digest and size, and parsed as `material` before it is cached.
+async fn payload(
+    app: &App,
+    target: &Target,
+    r: &Reference,
+    material: Material,
+) -> Result<Bytes, ProxyError> {
+    let digest = &r.digest;
+    let what = format!("signature artifact blob {}@{digest}", target.name);
+    if r.size > MAX_EVIDENCE_BLOB {
+        return Err(ProxyError::Denied(format!(
+            "{what} declares {} bytes: verification material is at most {MAX_EVIDENCE_BLOB}",
+            r.size
+        )));
+    }
+    let checked = |bytes: Bytes| {
+        if bytes.len() as u64 != r.size {
+            return Err(ProxyError::Denied(format!(
+                "{what} is {} bytes, not the {} its descriptor says",
+                bytes.len(),
+                r.size
+            )));
+        }
+        material.check(&bytes).map_err(|why| {
+            ProxyError::Denied(format!(
+                "{what} is listed as {material:?} but is not: {why}"
+            ))
+        })?;
+        Ok(bytes)
+    };
     match app.store.blob(digest)? {
-        Some(Blob::Memory(bytes)) => return Ok(bytes),
-        Some(Blob::File { mut file, size }) if size <= MAX_PAYLOAD as u64 => {
+        Some(Blob::Memory(bytes)) => return checked(bytes),
+        Some(Blob::File { mut file, size }) if size <= MAX_EVIDENCE_BLOB => {
             let mut buf = Vec::with_capacity(size as usize);
             file.read_to_end(&mut buf)
                 .map_err(|e| ProxyError::Internal(format!("reading cached {digest}: {e}")))?;
-            return Ok(buf.into());
+            return checked(buf.into());
         }
-        _ => {}
+        Some(_) => return checked(Bytes::new()),
+        None => {}
+    }
+    if app.offline() {
+        return Err(ProxyError::BlobUnknown(format!(
+            "{what} is not held, and this mirror is offline"
+        )));
     }
     let up = &target.upstream;
-    let what = format!("signature artifact {}@{digest}", target.name);
     let resp = up
         .send(Method::GET, &target.repo, &format!("blobs/{digest}"), None)
         .await?;
@@ -161,13 +245,14 @@ async fn payload(app: &App, target: &Target, digest: &Digest) -> Result<Bytes, P
             ProxyError::BadUpstream(format!("{what} is listed but missing upstream"))
         }));
     }
-    let bytes = read_limited(resp.into_body(), MAX_PAYLOAD, up.read_timeout).await?;
+    let bytes = read_limited(resp.into_body(), r.size as usize, up.read_timeout).await?;
     let actual = Digest::of(&bytes);
     if &actual != digest {
         return Err(ProxyError::BadUpstream(format!(
             "{what}: the bytes hash to {actual}; nothing was cached"
         )));
     }
+    let bytes = checked(bytes)?;
     let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
     w.write(bytes.clone())?;
     w.commit()?;

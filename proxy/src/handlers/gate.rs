@@ -2,135 +2,26 @@
 //!
 //! For a manifest digest, gather its evidence (`evidence.rs`: cosign `.sig`/`.att` tags and
 //! Sigstore bundles among its referrers, fetched through the same upstream client and cached like
-//! any content), and let the policy decide; under `verify_base`, the base image too. Verdicts are cached under the policy's fingerprint; a
-//! transient upstream failure is never cached. A verified index vouches for the manifests it
-//! lists, and a served manifest opens the gate for the blobs it references, in that repository
-//! only.
+//! any content), and let the policy decide; under `verify_base`, the base image too. Verdicts
+//! are cached under the policy's fingerprint; a transient upstream failure is never cached.
+//!
+//! Only a verdict opens the gate. A verified index vouches for the manifests it lists; a
+//! manifest that passed opens the gate for the blobs it references, with the sizes its
+//! descriptors promise, in that repository only. Verification material (a cosign `.sig`/`.att`
+//! artifact, a referrer bundle) is served only when its subject passed in the same repository
+//! and each of its blobs was fetched here, under a size cap, and parsed as what it claims.
 
 use std::sync::Arc;
 
-use portcullis_cache::{Digest, Manifest};
-use portcullis_policy::{AttestationLayer, Decision, Evidence, SignatureLayer, Verdict};
-use serde::Deserialize;
+use portcullis_cache::Digest;
+use portcullis_policy::{Decision, Evidence, Verdict};
 
-use super::{base, evidence};
+use super::{base, evidence, manifests, Accept, Outcome};
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::oci::cosign::EvidenceArtifact;
+use crate::oci::{Document, Reference};
 use crate::route::Target;
-
-pub(crate) const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-pub(crate) const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
-pub(crate) const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
-pub(crate) const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
-pub(crate) const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
-pub(crate) const ANN_BUNDLE: &str = "dev.sigstore.cosign/bundle";
-
-#[derive(Deserialize)]
-pub(crate) struct SigManifest {
-    #[serde(default)]
-    pub(crate) layers: Vec<SigDescriptor>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct SigDescriptor {
-    #[serde(rename = "mediaType")]
-    pub(crate) media_type: String,
-    pub(crate) digest: String,
-    pub(crate) size: u64,
-    #[serde(default)]
-    pub(crate) annotations: std::collections::HashMap<String, String>,
-}
-
-impl SigDescriptor {
-    /// The signature layer this descriptor describes, given its payload.
-    pub(crate) fn layer(&self, payload: Vec<u8>) -> Option<SignatureLayer> {
-        if self.media_type != SIMPLE_SIGNING {
-            return None;
-        }
-        Some(SignatureLayer {
-            payload,
-            signature: self.annotations.get(ANN_SIGNATURE)?.clone(),
-            certificate: self.annotations.get(ANN_CERTIFICATE).cloned(),
-            chain: self.annotations.get(ANN_CHAIN).cloned(),
-            bundle: self.annotations.get(ANN_BUNDLE).cloned(),
-        })
-    }
-}
-
-impl SigDescriptor {
-    /// The attestation layer this descriptor describes, given its DSSE envelope.
-    pub(crate) fn attestation(&self, envelope: Vec<u8>) -> Option<AttestationLayer> {
-        (self.media_type == DSSE_ENVELOPE).then(|| AttestationLayer {
-            envelope,
-            certificate: self.annotations.get(ANN_CERTIFICATE).cloned(),
-            chain: self.annotations.get(ANN_CHAIN).cloned(),
-            bundle: self.annotations.get(ANN_BUNDLE).cloned(),
-        })
-    }
-}
-
-/// Whether `tag` names a cosign artifact (`sha256-<hex>.sig` or `.att`): verification material,
-/// served so that clients such as cosign can check signatures themselves.
-pub fn is_signature_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else {
-        return false;
-    };
-    let hex = rest
-        .strip_suffix(".sig")
-        .or_else(|| rest.strip_suffix(".att"));
-    hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// Whether a manifest fetched by `tag` is a cosign signature or attestation artifact, served as
-/// verification material without a signature of its own: the tag has the cosign form and every
-/// layer is a simple-signing payload or a DSSE envelope, which no runtime would unpack. Anything
-/// else under such a tag is an image like any other and goes through the gate.
-pub fn is_signature_artifact(tag: &str, manifest: &[u8]) -> bool {
-    if !is_signature_tag(tag) {
-        return false;
-    }
-    let Ok(parsed) = serde_json::from_slice::<SigManifest>(manifest) else {
-        return false;
-    };
-    !parsed.layers.is_empty()
-        && parsed
-            .layers
-            .iter()
-            .all(|l| l.media_type == SIMPLE_SIGNING || l.media_type == DSSE_ENVELOPE)
-}
-
-/// Whether a manifest fetched by digest is a referrer artifact that carries only verification
-/// material, served without a signature of its own as `.sig` artifacts are: it has a `subject`,
-/// no child manifests, and one or more layers that are all Sigstore bundles, DSSE envelopes or
-/// simple-signing payloads, which no runtime would unpack. Anything with another layer type is
-/// an image like any other and goes through the gate.
-pub fn is_referrer_artifact(manifest: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Subject {
-        #[serde(rename = "digest")]
-        _digest: Digest,
-    }
-    #[derive(Deserialize)]
-    struct Artifact {
-        subject: Option<Subject>,
-        #[serde(default)]
-        layers: Vec<SigDescriptor>,
-        #[serde(default)]
-        manifests: Vec<serde::de::IgnoredAny>,
-    }
-    let Ok(a) = serde_json::from_slice::<Artifact>(manifest) else {
-        return false;
-    };
-    a.subject.is_some()
-        && a.manifests.is_empty()
-        && !a.layers.is_empty()
-        && a.layers.iter().all(|l| {
-            let mt = l.media_type.as_str();
-            mt == SIMPLE_SIGNING
-                || mt == DSSE_ENVELOPE
-                || mt.starts_with(portcullis_policy::BUNDLE_MEDIA_TYPE_PREFIX)
-        })
-}
 
 /// Decides on a manifest, from the verdict cache or by fetching its evidence.
 pub async fn verdict(
@@ -220,7 +111,7 @@ pub fn enforce(
     app: &App,
     target: &Target,
     digest: &Digest,
-    manifest: &Manifest,
+    doc: &Document,
     verdict: &Verdict,
 ) -> Result<(), ProxyError> {
     let audited = verdict
@@ -248,10 +139,11 @@ pub fn enforce(
     if app.gated.contains_key(&key) {
         return Ok(());
     }
-    open_gate(app, target, &manifest.refs)?;
+    open_gate(app, target, &doc.blobs().map_err(invalid(target, digest))?)?;
     let verified = verdict.decision == Decision::Allow && !verdict.rules.is_empty() && !audited;
     if verified {
-        for child in &manifest.refs {
+        let children = doc.children().map_err(invalid(target, digest))?;
+        for child in children.iter().map(|c| &c.digest) {
             let vouched = Verdict {
                 digest: child.to_string(),
                 message: format!(
@@ -300,27 +192,69 @@ fn count(app: &App, verdict: &Verdict) {
     }
 }
 
-/// Lets the blobs `refs` be served for this repository under this policy.
-pub fn open_gate(app: &App, target: &Target, refs: &[Digest]) -> Result<(), ProxyError> {
+/// Serves verification material: its subject must have passed in this repository, and every
+/// blob it names is fetched here (under the size cap), hash-checked and parsed as what its
+/// descriptor says before the gate opens for it. Nothing else opens a gate without a verdict.
+pub async fn admit_evidence(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    artifact: &EvidenceArtifact,
+) -> Result<(), ProxyError> {
+    let key = verdict_key(app, &target.name, digest);
+    if app.gated.contains_key(&key) {
+        return Ok(());
+    }
+    let subject = &artifact.subject;
+    let what = format!("{}@{digest}", target.name);
+    let refused = |why: String| {
+        tracing::warn!(name = %target.name, %digest, %subject, why, "evidence refused");
+        ProxyError::Denied(format!(
+            "{what} is verification material for {subject}, which {why}"
+        ))
+    };
+    let mut outcome = Outcome::default();
+    match manifests::by_digest(app, target, subject, &Accept::default(), &mut outcome).await {
+        Ok(_) => {}
+        Err(ProxyError::ManifestUnknown(_)) => {
+            return Err(refused(format!("is not a manifest in {}", target.name)))
+        }
+        Err(e) => return Err(e),
+    }
+    let v = verdict(app, target, subject).await?;
+    if v.decision == Decision::Deny {
+        return Err(refused(format!("did not pass: {}", v.message)));
+    }
+    let checked = evidence::material(app, target, &artifact.blobs).await?;
+    open_gate(app, target, &checked)?;
+    app.gated.insert(key, ());
+    Ok(())
+}
+
+/// Lets the blobs `refs` be served for this repository under this policy, at their sizes.
+pub fn open_gate(app: &App, target: &Target, refs: &[Reference]) -> Result<(), ProxyError> {
     for r in refs {
-        app.store.put_meta("gate", &gate_key(app, target, r), b"")?;
+        let size = r.size.to_string();
+        app.store
+            .put_meta(GATE, &gate_key(app, target, &r.digest), size.as_bytes())?;
     }
     Ok(())
 }
+
+/// Gate records hold the size the verified descriptor promised (earlier records held nothing,
+/// hence a namespace of their own).
+const GATE: &str = "gate.sized";
 
 fn gate_key(app: &App, target: &Target, digest: &Digest) -> String {
     format!("{}\0{}\0{digest}", app.policy.fingerprint(), target.name)
 }
 
 /// Blob gating: a blob is served only if a manifest that passed the gate in this repository
-/// references it.
-pub fn check_blob(app: &App, target: &Target, digest: &Digest) -> Result<(), ProxyError> {
-    if app
-        .store
-        .meta("gate", &gate_key(app, target, digest))?
-        .is_some()
-    {
-        return Ok(());
+/// references it. The answer is the size its descriptor promised.
+pub fn check_blob(app: &App, target: &Target, digest: &Digest) -> Result<u64, ProxyError> {
+    let held = app.store.meta(GATE, &gate_key(app, target, digest))?;
+    if let Some(size) = held.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()) {
+        return Ok(size);
     }
     Err(ProxyError::Denied(format!(
         "blob {digest} is not referenced by any manifest of {} that passed verification; pull the image by tag or digest through portcullis first",
@@ -328,37 +262,13 @@ pub fn check_blob(app: &App, target: &Target, digest: &Digest) -> Result<(), Pro
     )))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{is_referrer_artifact, is_signature_tag};
-
-    #[test]
-    fn recognises_cosign_tags() {
-        let hex = "a".repeat(64);
-        assert!(is_signature_tag(&format!("sha256-{hex}.sig")));
-        assert!(is_signature_tag(&format!("sha256-{hex}.att")));
-        assert!(!is_signature_tag(&format!("sha256-{hex}")));
-        assert!(!is_signature_tag("sha256-abc.sig"));
-        assert!(!is_signature_tag("latest"));
-    }
-
-    #[test]
-    fn referrer_artifacts_are_only_verification_layers_with_a_subject() {
-        let d = portcullis_cache::Digest::of(b"");
-        let artifact = |layer: &str, subject: bool| {
-            let mut m = serde_json::json!({
-                "schemaVersion": 2,
-                "layers": [{ "mediaType": layer, "digest": d, "size": 0 }],
-            });
-            if subject {
-                m["subject"] = serde_json::json!({ "mediaType": "m", "digest": d, "size": 0 });
-            }
-            serde_json::to_vec(&m).unwrap()
-        };
-        let bundle = "application/vnd.dev.sigstore.bundle.v0.3+json";
-        assert!(is_referrer_artifact(&artifact(bundle, true)));
-        assert!(!is_referrer_artifact(&artifact(bundle, false)));
-        let runnable = "application/vnd.oci.image.layer.v1.tar+gzip";
-        assert!(!is_referrer_artifact(&artifact(runnable, true)));
+/// Maps a manifest that cannot be read unambiguously to the error clients get, with a log line.
+pub fn invalid<'a>(
+    target: &'a Target,
+    digest: &'a Digest,
+) -> impl Fn(crate::oci::Invalid) -> ProxyError + 'a {
+    move |e| {
+        tracing::warn!(name = %target.name, %digest, error = %e, "manifest refused");
+        ProxyError::ManifestInvalid(format!("{}@{digest}: {e}", target.name))
     }
 }

@@ -7,54 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response};
 use portcullis_cache::{now_ms, Digest, Manifest, TagRecord};
-use serde::Deserialize;
 
 use super::{gate, Accept, Outcome};
 use crate::app::App;
 use crate::body::{empty, full, ResponseBody};
 use crate::error::ProxyError;
+use crate::oci::{cosign, Document};
 use crate::route::{Reference, Target};
 use crate::upstream::{content_length, read_limited, status_error};
-
-const DEFAULT_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// Just the fields that name other content, in either Docker or OCI manifests and indexes.
-#[derive(Deserialize)]
-pub(crate) struct Refs {
-    #[serde(rename = "mediaType")]
-    pub(crate) media_type: Option<String>,
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-impl Refs {
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Refs, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))
-    }
-
-    /// Blobs: the config and the layers.
-    pub(crate) fn blobs(&self) -> Result<Vec<Digest>, String> {
-        digests(self.config.iter().chain(&self.layers))
-    }
-
-    /// Child manifests, for an index.
-    pub(crate) fn children(&self) -> Result<Vec<Digest>, String> {
-        digests(self.manifests.iter())
-    }
-}
-
-fn digests<'a>(ds: impl Iterator<Item = &'a Descriptor>) -> Result<Vec<Digest>, String> {
-    ds.map(|d| d.digest.parse().map_err(|e| format!("bad digest: {e}")))
-        .collect()
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-}
 
 pub async fn serve(
     app: &App,
@@ -68,21 +28,26 @@ pub async fn serve(
         Reference::Digest(d) => (d.clone(), by_digest(app, target, d, accept, outcome).await?),
         Reference::Tag(tag) => resolve_tag(app, target, tag, accept, outcome).await?,
     };
-    match reference {
-        Reference::Tag(tag) if gate::is_signature_artifact(tag, &manifest.bytes) => {
-            gate::open_gate(app, target, &manifest.refs)?
+    // Read again, strictly, whatever the cache held: it is what clients will read.
+    let doc = Document::parse(&manifest.bytes, Some(&manifest.media_type))
+        .map_err(gate::invalid(target, &digest))?;
+    let tag = match reference {
+        Reference::Tag(tag) => Some(tag.as_str()),
+        Reference::Digest(_) => None,
+    };
+    match cosign::evidence_artifact(&doc, tag) {
+        Some(artifact) => {
+            outcome.verdict = Some("evidence");
+            gate::admit_evidence(app, target, &digest, &artifact).await?;
         }
-        Reference::Digest(_) if gate::is_referrer_artifact(&manifest.bytes) => {
-            gate::open_gate(app, target, &manifest.refs)?
-        }
-        _ => {
+        None => {
             let verdict = gate::verdict(app, target, &digest).await?;
             outcome.verdict = Some(match verdict.decision {
                 portcullis_policy::Decision::Allow => "allow",
                 portcullis_policy::Decision::Warn => "warn",
                 portcullis_policy::Decision::Deny => "deny",
             });
-            gate::enforce(app, target, &digest, &manifest, &verdict)?;
+            gate::enforce(app, target, &digest, &doc, &verdict)?;
         }
     }
     let mut resp = Response::new(if head {
@@ -317,20 +282,11 @@ async fn fetch_inner(
             )));
         }
     }
-    let refs: Refs = serde_json::from_slice(&bytes)
-        .map_err(|e| ProxyError::BadUpstream(format!("{what} is not a manifest: {e}")))?;
-    let media_type = content_type
-        .filter(|t| t != "application/octet-stream" && t != "text/plain")
-        .or(refs.media_type.clone())
-        .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.to_owned());
-    let children = refs
-        .config
-        .iter()
-        .chain(&refs.layers)
-        .chain(&refs.manifests)
-        .map(|d| d.digest.parse())
-        .collect::<Result<Vec<Digest>, _>>()
-        .map_err(|e| ProxyError::BadUpstream(format!("{what} names a bad digest: {e}")))?;
+    // Refused before anything is cached: a document clients could read differently.
+    let doc =
+        Document::parse(&bytes, content_type.as_deref()).map_err(gate::invalid(target, &digest))?;
+    let children = doc.all_refs();
+    let media_type = doc.media_type;
     app.store
         .put_manifest(&digest, &media_type, &bytes, &children)?;
     app.store.link(&target.name, &digest)?;

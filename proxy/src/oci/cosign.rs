@@ -1,0 +1,211 @@
+//! Cosign and Sigstore verification material: which manifests carry only evidence (signatures,
+//! attestations, bundles), and how each of their blobs is checked to be what it claims before
+//! portcullis serves it.
+
+use oci_spec::image::Descriptor;
+use portcullis_cache::Digest;
+use portcullis_policy::{AttestationLayer, SignatureLayer, BUNDLE_MEDIA_TYPE_PREFIX};
+
+use super::document::{reference, Body, Document, Reference};
+use super::strict::{self, Fields};
+
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
+pub const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+pub const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+pub const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
+pub const ANN_BUNDLE: &str = "dev.sigstore.cosign/bundle";
+
+/// A signature payload, envelope, bundle or artifact config is a few kilobytes; an SBOM
+/// attestation can be more. Nothing larger is fetched, or served, as evidence.
+pub const MAX_EVIDENCE_BLOB: u64 = 4 * 1024 * 1024;
+
+/// What one blob of an evidence artifact must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Material {
+    /// A cosign simple-signing payload (`critical.image.docker-manifest-digest`).
+    SimpleSigning,
+    /// A DSSE envelope (in-toto attestations).
+    Dsse,
+    /// A Sigstore bundle.
+    Bundle,
+    /// The artifact's config: the small JSON object cosign writes, or OCI's empty `{}`.
+    Config,
+}
+
+/// A manifest that carries only verification material, and the manifest it speaks for.
+#[derive(Debug, Clone)]
+pub struct EvidenceArtifact {
+    pub subject: Digest,
+    pub blobs: Vec<(Reference, Material)>,
+}
+
+impl Material {
+    /// The material a layer of this media type must be; `None` for anything else, which
+    /// makes the manifest an image like any other.
+    pub fn of_layer(media_type: &str) -> Option<Material> {
+        match media_type {
+            SIMPLE_SIGNING => Some(Material::SimpleSigning),
+            DSSE_ENVELOPE => Some(Material::Dsse),
+            mt if mt.starts_with(BUNDLE_MEDIA_TYPE_PREFIX) => Some(Material::Bundle),
+            _ => None,
+        }
+    }
+
+    /// Checks that `bytes` parse as this material, read strictly: a JSON object of the right
+    /// shape, which no runtime would unpack.
+    pub fn check(self, bytes: &[u8]) -> Result<(), String> {
+        let (fields, required): (Fields, &[&str]) = match self {
+            Material::SimpleSigning => (
+                Fields {
+                    names: &["critical", "optional", "identity", "image", "type"],
+                    maps: &["optional"],
+                },
+                &["critical"],
+            ),
+            Material::Dsse => (
+                Fields {
+                    names: &["payload", "payloadType", "signatures", "keyid", "sig"],
+                    maps: &[],
+                },
+                &["payload", "payloadType", "signatures"],
+            ),
+            Material::Bundle => (
+                Fields {
+                    names: &["mediaType", "verificationMaterial"],
+                    maps: &[],
+                },
+                &["mediaType", "verificationMaterial"],
+            ),
+            Material::Config => (
+                Fields {
+                    names: &[],
+                    maps: &[],
+                },
+                &[],
+            ),
+        };
+        let raw = strict::check(bytes, fields).map_err(|e| e.to_string())?;
+        if !raw.is_object() {
+            return Err("not a JSON object".into());
+        }
+        if let Some(missing) = required.iter().find(|k| raw.get(k).is_none()) {
+            return Err(format!("no {missing:?}"));
+        }
+        if self == Material::Bundle {
+            let mt = raw.get("mediaType").and_then(|v| v.as_str()).unwrap_or("");
+            if !mt.starts_with(BUNDLE_MEDIA_TYPE_PREFIX) {
+                return Err(format!("bundle mediaType {mt:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The manifest a cosign tag (`sha256-<hex>.sig` or `.att`) speaks for.
+pub fn signature_tag_subject(tag: &str) -> Option<Digest> {
+    let rest = tag.strip_prefix("sha256-")?;
+    let hex = rest
+        .strip_suffix(".sig")
+        .or_else(|| rest.strip_suffix(".att"))?;
+    format!("sha256:{hex}").parse().ok()
+}
+
+/// Whether `tag` names a cosign artifact.
+pub fn is_signature_tag(tag: &str) -> bool {
+    signature_tag_subject(tag).is_some()
+}
+
+/// Reads `doc` as an evidence artifact: fetched by a cosign `tag`, or by digest with a
+/// `subject`. Every layer must be verification material; a subject, where both name one, must
+/// agree with the tag. Anything else is an image, for the policy to decide.
+pub fn evidence_artifact(doc: &Document, tag: Option<&str>) -> Option<EvidenceArtifact> {
+    let Body::Manifest(m) = &doc.body else {
+        return None;
+    };
+    let declared = doc.subject().ok()?.map(|r| r.digest);
+    let subject = match (tag.map(signature_tag_subject), declared) {
+        (Some(None), _) => return None,
+        (Some(Some(by_tag)), Some(declared)) if by_tag != declared => return None,
+        (Some(Some(by_tag)), _) => by_tag,
+        (None, Some(declared)) => declared,
+        (None, None) => return None,
+    };
+    if m.layers().is_empty() {
+        return None;
+    }
+    let mut blobs = vec![(reference(m.config()).ok()?, Material::Config)];
+    for layer in m.layers() {
+        let material = Material::of_layer(layer.media_type().as_ref())?;
+        blobs.push((reference(layer).ok()?, material));
+    }
+    Some(EvidenceArtifact { subject, blobs })
+}
+
+/// The cosign signature a simple-signing layer carries, given its payload.
+pub fn signature_layer(d: &Descriptor, payload: Vec<u8>) -> Option<SignatureLayer> {
+    if d.media_type().to_string() != SIMPLE_SIGNING {
+        return None;
+    }
+    let ann = d.annotations().as_ref();
+    let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+    Some(SignatureLayer {
+        payload,
+        signature: get(ANN_SIGNATURE)?,
+        certificate: get(ANN_CERTIFICATE),
+        chain: get(ANN_CHAIN),
+        bundle: get(ANN_BUNDLE),
+    })
+}
+
+/// The attestation a DSSE layer carries, given its envelope.
+pub fn attestation_layer(d: &Descriptor, envelope: Vec<u8>) -> Option<AttestationLayer> {
+    if d.media_type().to_string() != DSSE_ENVELOPE {
+        return None;
+    }
+    let ann = d.annotations().as_ref();
+    let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+    Some(AttestationLayer {
+        envelope,
+        certificate: get(ANN_CERTIFICATE),
+        chain: get(ANN_CHAIN),
+        bundle: get(ANN_BUNDLE),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_cosign_tags() {
+        let hex = "a".repeat(64);
+        assert!(is_signature_tag(&format!("sha256-{hex}.sig")));
+        assert!(is_signature_tag(&format!("sha256-{hex}.att")));
+        assert!(!is_signature_tag(&format!("sha256-{hex}")));
+        assert!(!is_signature_tag("sha256-abc.sig"));
+        assert!(!is_signature_tag(&format!("sha256-{}.sig", "A".repeat(64))));
+        assert!(!is_signature_tag("latest"));
+    }
+
+    #[test]
+    fn material_must_parse_as_what_it_claims() {
+        let payload = br#"{"critical":{"identity":{"docker-reference":"r"},"image":{"docker-manifest-digest":"sha256:x"},"type":"cosign container image signature"},"optional":null}"#;
+        assert!(Material::SimpleSigning.check(payload).is_ok());
+        assert!(Material::Dsse.check(payload).is_err());
+        assert!(Material::SimpleSigning.check(b"\x1f\x8b\x08\x00").is_err());
+        assert!(Material::SimpleSigning
+            .check(br#"{"Critical":{}}"#)
+            .is_err());
+        let envelope = br#"{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"x"}]}"#;
+        assert!(Material::Dsse.check(envelope).is_ok());
+        let bundle = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{}}"#;
+        assert!(Material::Bundle.check(bundle).is_ok());
+        assert!(Material::Bundle
+            .check(br#"{"mediaType":"x","verificationMaterial":{}}"#)
+            .is_err());
+        assert!(Material::Config.check(b"{}").is_ok());
+        assert!(Material::Config.check(b"[]").is_err());
+        assert!(Material::Config.check(br#"{"a":1,"a":2}"#).is_err());
+    }
+}
