@@ -5,7 +5,8 @@
 #   cargo build --release -p portcullis && bash benches/e2e/run.sh
 # Peers only (no portcullis binary yet):
 #   SKIP_PORTCULLIS=1 bash benches/e2e/run.sh
-# Env: PORTCULLIS_BIN (default /work/target/release/portcullis), OUT (default
+# Env: PORTCULLIS_BIN (default $CARGO_TARGET_DIR/release/portcullis, with scripts/test's
+# CARGO_TARGET_DIR default), OUT (default
 # benches/e2e/last-run.md), SKIP_PORTCULLIS=1, KEEP_TMP=1 (keep the temp dir and logs).
 # Needs: docker-registry (distribution 2.8), nginx, wrk, curl, sha256sum.
 #
@@ -17,7 +18,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PORTCULLIS_BIN="${PORTCULLIS_BIN:-/work/target/release/portcullis}"
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}/release/portcullis}"
 OUT="${OUT:-$HERE/last-run.md}"
 SKIP_PORTCULLIS="${SKIP_PORTCULLIS:-0}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
@@ -230,8 +231,9 @@ EOF
   stop nginx
 }
 
+# bench_portcullis MODE: one instance with `[cache] cold_blobs = MODE` (verify-first | stream).
 bench_portcullis() {
-  local port d="$T/portcullis"; port="$(free_port)"; mkdir -p "$d/cache"
+  local mode=$1 port d="$T/portcullis-$1"; port="$(free_port)"; mkdir -p "$d/cache"
   cat >"$d/config.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -240,6 +242,7 @@ dir = "$d/cache"
 max_size = "20GiB"
 tag_ttl = "5m"
 max_stale = "24h"
+cold_blobs = "$mode"
 [[upstream]]
 name = "127.0.0.1:$UP_PORT"
 url = "$UP"
@@ -249,7 +252,7 @@ default = "allow"
 EOF
   start portcullis "$PORTCULLIS_BIN" serve --config "$d/config.toml"
   wait_ready portcullis "http://127.0.0.1:$port/v2/"
-  bench_proxy portcullis "http://127.0.0.1:$port" "$PID_portcullis"
+  bench_proxy "portcullis ($mode)" "http://127.0.0.1:$port" "$PID_portcullis"
   stop portcullis
 }
 
@@ -262,18 +265,34 @@ report() {
   echo
   echo "| path | cold 200 MiB (s) | warm 200 MiB median (s) | 64 KiB req/s | $PAR parallel warm 200 MiB (s) | peak RSS (MiB) | upstream GETs of the 200 MiB blob |"
   echo "|---|---|---|---|---|---|---|"
-  for n in upstream "distribution proxy" nginx portcullis; do
+  for n in upstream "distribution proxy" nginx "portcullis (verify-first)" "portcullis (stream)"; do
     [[ -n "${COLD[$n]:-}" ]] || continue
     echo "| $n | ${COLD[$n]} | ${WARM[$n]:--} | ${RPS[$n]} | ${PARW[$n]:--} | ${RSS[$n]:--} | ${UPGETS[$n]:--} |"
   done
   echo
   echo "All bodies sha256-verified against their digests; every timed GET checked for 200 and full size."
+  echo
+  echo "SHA-256 floor on this machine (one core): $SHA_FLOOR; 200 MiB at that speed takes $SHA_SECS s."
+}
+
+# The floor for a cold verified blob: hashing it on one core (openssl's fastest SHA-256).
+sha_floor() {
+  local kbs
+  kbs="$(openssl speed -evp sha256 -bytes 16384 -seconds 2 2>/dev/null | awk '/^sha256/ {print $NF}' | tr -d k)"
+  SHA_FLOOR="$(awk -v k="$kbs" 'BEGIN {printf "%.0f MB/s", k / 1000}')"
+  SHA_SECS="$(awk -v k="$kbs" 'BEGIN {printf "%.3f", 200 * 1048576 / (k * 1000)}')"
 }
 
 setup_upstream
 bench_upstream
 bench_distribution
 bench_nginx
-if [[ "$SKIP_PORTCULLIS" == 1 ]]; then log "SKIP_PORTCULLIS=1: no portcullis rows"; else bench_portcullis; fi
+if [[ "$SKIP_PORTCULLIS" == 1 ]]; then
+  log "SKIP_PORTCULLIS=1: no portcullis rows"
+else
+  bench_portcullis verify-first
+  bench_portcullis stream
+fi
+sha_floor
 mkdir -p "$(dirname "$OUT")"
 report | tee "$OUT"
