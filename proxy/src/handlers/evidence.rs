@@ -182,6 +182,14 @@ pub async fn material(
     target: &Target,
     blobs: &[(Reference, Material)],
 ) -> Result<Vec<Reference>, ProxyError> {
+    if blobs.len() > MAX_ITEMS + 1 {
+        return Err(ProxyError::Denied(format!(
+            "{}: a signature artifact with {} blobs; verification material has at most {}",
+            target.name,
+            blobs.len(),
+            MAX_ITEMS + 1
+        )));
+    }
     let fetched = join_all(blobs.iter().map(|(r, m)| payload(app, target, r, *m))).await;
     for result in fetched {
         result?;
