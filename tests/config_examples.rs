@@ -23,29 +23,90 @@ fn every_example_config_loads() {
     Config::embedded();
 }
 
+/// Every client config sends each registry it covers to portcullis and nowhere else: a client
+/// that falls back to the real registry after a denial would serve what portcullis refused.
+/// (`tests/operations/clients.rs` pulls through each of them with the real clients.)
 #[test]
-fn client_config_examples_parse_and_point_at_portcullis() {
+fn client_config_examples_name_portcullis_as_every_endpoint() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let read =
+        |rel: &str| std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let proxy = "http://127.0.0.1:5000";
     for hosts in [
         "containerd/certs.d/docker.io/hosts.toml",
         "containerd/certs.d/ghcr.io/hosts.toml",
     ] {
-        let text = std::fs::read_to_string(dir.join(hosts)).unwrap();
-        let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{hosts}: {e}"));
-        let host = v["host"]["http://127.0.0.1:5000"]["capabilities"]
-            .as_array()
-            .unwrap();
-        assert!(host.iter().any(|c| c.as_str() == Some("pull")), "{hosts}");
+        let v: toml::Value =
+            toml::from_str(&read(hosts)).unwrap_or_else(|e| panic!("{hosts}: {e}"));
+        // `server` is containerd's fallback after the [host] entries; without it containerd
+        // falls back to the registry itself.
+        assert_eq!(v["server"].as_str(), Some(proxy), "{hosts}: server");
+        // containerd 1.6 and 1.7 ignore a hosts.toml without a [host] entry.
+        let table = v["host"].as_table().expect("a [host] entry");
+        assert_eq!(table.keys().collect::<Vec<_>>(), [proxy], "{hosts}");
+        for caps in [&v["capabilities"], &table[proxy]["capabilities"]] {
+            let caps: Vec<&str> = caps
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            assert_eq!(caps, ["pull", "resolve"], "{hosts}");
+        }
     }
-    let daemon: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("docker/daemon.json")).unwrap()).unwrap();
-    assert_eq!(daemon["registry-mirrors"][0], "http://127.0.0.1:5000");
-    let podman: toml::Value =
-        toml::from_str(&std::fs::read_to_string(dir.join("podman/registries.conf")).unwrap())
-            .unwrap();
+
+    let podman: toml::Value = toml::from_str(&read("podman/registries.conf")).unwrap();
+    let registries = podman["registry"].as_array().unwrap();
+    let prefixes: Vec<&str> = registries
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["docker.io", "ghcr.io"]);
+    for r in registries {
+        let prefix = r["prefix"].as_str().unwrap();
+        // The registry itself is portcullis, with the registry as a path prefix; a mirror would
+        // put the real registry behind it as the fallback.
+        assert_eq!(
+            r["location"].as_str(),
+            Some(format!("127.0.0.1:5000/{prefix}").as_str())
+        );
+        assert!(
+            r.get("mirror").is_none(),
+            "{prefix}: no [[registry.mirror]]"
+        );
+        assert_ne!(r.get("blocked").and_then(|b| b.as_bool()), Some(true));
+    }
+
+    // Docker falls back to registry-1.docker.io whatever daemon.json says: the egress rule and
+    // the dockerd drop-in leave it nowhere to fall back to, and let portcullis through.
+    let daemon: serde_json::Value = serde_json::from_str(&read("docker/daemon.json")).unwrap();
+    assert_eq!(daemon["registry-mirrors"], serde_json::json!([proxy]));
     assert_eq!(
-        podman["registry"][0]["mirror"][0]["location"].as_str(),
-        Some("127.0.0.1:5000/docker.io")
+        daemon["insecure-registries"],
+        serde_json::json!(["127.0.0.1:5000"])
+    );
+    let nft = read("nftables/portcullis-egress.nft");
+    assert!(
+        nft.contains("elements = { 127.0.0.1 . 5000 }"),
+        "the egress rule lets portcullis through"
+    );
+    assert!(
+        nft.contains("elements = { 80, 443 }"),
+        "and refuses HTTP(S) elsewhere"
+    );
+    let dropin = read("docker/docker.service.d/portcullis-only.conf");
+    let env = dropin
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment="))
+        .expect("Environment=");
+    assert!(env.contains("\"HTTPS_PROXY=http://127.0.0.1:9\""), "{env}");
+    let no_proxy = env
+        .split('"')
+        .find_map(|item| item.strip_prefix("NO_PROXY="))
+        .expect("NO_PROXY");
+    assert!(
+        no_proxy.split(',').any(|h| h == "127.0.0.1"),
+        "portcullis is exempt: {no_proxy}"
     );
 }
 

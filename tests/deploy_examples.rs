@@ -1,8 +1,9 @@
 //! The deployment examples in `config/kubernetes/` and `config/systemd/` hold together: every
 //! YAML document parses and has the shape Kubernetes wants, the Deployment is hardened and probed,
 //! the Service, volumes and ConfigMap agree with each other and with the config they carry (which
-//! portcullis itself loads), the nodes' `hosts.toml` points at the Service, and the systemd unit
-//! runs the binary the way the Dockerfile does. With `kubernetes-validate` (PyPI: bundled schemas,
+//! portcullis itself loads), the nodes' `hosts.toml` makes the Service every endpoint (so that a
+//! denial is final), the egress NetworkPolicy lets pods reach portcullis and DNS only, and the
+//! systemd unit runs the binary the way the Dockerfile does. With `kubernetes-validate` (PyPI: bundled schemas,
 //! offline) or `kubeconform` on `PATH`, the manifests are also checked against the API schemas.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 const PORTCULLIS_YAML: &str = "kubernetes/portcullis.yaml";
 const DAEMONSET_YAML: &str = "kubernetes/containerd-hosts-daemonset.yaml";
+const EGRESS_YAML: &str = "kubernetes/registry-egress-networkpolicy.yaml";
 const UNIT: &str = "systemd/portcullis.service";
 const CONFIG_PATH: &str = "/etc/portcullis/portcullis.toml";
 
@@ -150,9 +152,15 @@ fn on_path(name: &str) -> Option<PathBuf> {
 
 #[test]
 fn every_document_names_its_api_version_kind_and_name() {
-    for rel in [PORTCULLIS_YAML, DAEMONSET_YAML] {
+    for rel in [PORTCULLIS_YAML, DAEMONSET_YAML, EGRESS_YAML] {
         let docs = documents(rel);
-        assert!(docs.len() >= 3, "{rel}: {} documents", docs.len());
+        // The egress policy goes into the user's own namespace: the file creates none.
+        let creates_its_namespaces = rel != EGRESS_YAML;
+        assert!(
+            docs.len() >= 3 || !creates_its_namespaces,
+            "{rel}: {} documents",
+            docs.len()
+        );
         let namespaces: Vec<&str> = docs
             .iter()
             .filter(|d| d["kind"] == "Namespace")
@@ -166,6 +174,7 @@ fn every_document_names_its_api_version_kind_and_name() {
             let expected_api = match kind {
                 "Namespace" | "ConfigMap" | "PersistentVolumeClaim" | "Service" => "v1",
                 "Deployment" | "DaemonSet" => "apps/v1",
+                "NetworkPolicy" => "networking.k8s.io/v1",
                 other => panic!("{rel}: unexpected kind {other}"),
             };
             assert_eq!(api, expected_api, "{rel}: {kind} {name}");
@@ -180,7 +189,7 @@ fn every_document_names_its_api_version_kind_and_name() {
             if kind != "Namespace" {
                 let ns = str_of(&doc["metadata"]["namespace"], "metadata.namespace");
                 assert!(
-                    namespaces.contains(&ns),
+                    namespaces.contains(&ns) || !creates_its_namespaces,
                     "{rel}: {kind} {name} is in namespace {ns}, which the file does not create"
                 );
             }
@@ -437,7 +446,7 @@ fn configmap_config_loads_in_portcullis() {
 }
 
 #[test]
-fn nodes_pull_through_the_service_and_fail_closed() {
+fn nodes_pull_through_the_service_only() {
     let proxy_docs = documents(PORTCULLIS_YAML);
     let svc = find(&proxy_docs, "Service", Some("portcullis"));
     let cluster_ip = str_of(&svc["spec"]["clusterIP"], "the Service's fixed clusterIP");
@@ -486,11 +495,23 @@ fn nodes_pull_through_the_service_and_fail_closed() {
             !caps.contains(&"push"),
             "{key}: portcullis does not take pushes"
         );
-        // The fallback never reaches the real registry: a denial stays a denial.
-        let server = url::Url::parse(hosts["server"].as_str().expect("server")).unwrap();
+        // Every endpoint containerd may try is the Service: the [host] entries and `server`,
+        // its fallback after them. A real registry anywhere here would serve what portcullis
+        // denied. containerd 1.6 and 1.7 ignore a file without a [host] entry (and then pull
+        // from the registry itself), so there is one.
+        let endpoints: Vec<&String> = hosts["host"].as_table().unwrap().keys().collect();
+        assert_eq!(endpoints, [&mirror], "{key}: only the Service");
+        assert_eq!(
+            hosts["server"].as_str(),
+            Some(mirror.as_str()),
+            "{key}: `server` would let denied images around portcullis"
+        );
+        let server_caps = hosts["capabilities"]
+            .as_array()
+            .expect("top-level capabilities");
         assert!(
-            server.host_str().unwrap().ends_with(".invalid"),
-            "{key}: server {server} would let denied images around portcullis"
+            !server_caps.iter().any(|c| c.as_str() == Some("push")),
+            "{key}: portcullis does not take pushes"
         );
     }
 
@@ -534,6 +555,58 @@ fn nodes_pull_through_the_service_and_fail_closed() {
         ns_doc["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "privileged"
     );
+}
+
+/// The labels a selector's `matchLabels` asks for are all on `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let want = selector["matchLabels"].as_object().expect("matchLabels");
+    !want.is_empty() && want.iter().all(|(k, v)| &labels[k] == v)
+}
+
+#[test]
+fn egress_policy_lets_pods_reach_portcullis_and_dns_only() {
+    let proxy_docs = documents(PORTCULLIS_YAML);
+    let deploy = find(&proxy_docs, "Deployment", Some("portcullis"));
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    let proxy_ns = str_of(&deploy["metadata"]["namespace"], "namespace");
+    let c = container(deploy, "portcullis");
+    let registry_port = resolve_port(c, &"http".into());
+
+    let docs = documents(EGRESS_YAML);
+    assert_eq!(docs.len(), 1, "{EGRESS_YAML}: one NetworkPolicy");
+    let np = find(&docs, "NetworkPolicy", None);
+    let spec = &np["spec"];
+    assert_eq!(spec["podSelector"], serde_json::json!({}), "every pod");
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Egress"]));
+    let rules = array_of(&spec["egress"], "egress");
+    let (mut to_portcullis, mut to_dns) = (false, false);
+    for rule in rules {
+        let peers = array_of(&rule["to"], "egress[].to");
+        let ports = array_of(&rule["ports"], "egress[].ports");
+        assert!(
+            !peers.is_empty() && !ports.is_empty(),
+            "no open-ended rule: {rule}"
+        );
+        for peer in peers {
+            assert!(peer["ipBlock"].is_null(), "no address ranges: {peer}");
+            let ns = &peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"];
+            if ns == proxy_ns && selects(&peer["podSelector"], pod_labels) {
+                for p in ports {
+                    assert_eq!(p["protocol"], "TCP");
+                    assert_eq!(p["port"].as_u64(), Some(registry_port), "{p}");
+                }
+                to_portcullis = true;
+            } else {
+                assert_eq!(ns, "kube-system", "only portcullis and DNS: {peer}");
+                assert_eq!(peer["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
+                for p in ports {
+                    assert_eq!(p["port"], 53, "{p}");
+                }
+                to_dns = true;
+            }
+        }
+    }
+    assert!(to_portcullis && to_dns, "{rules:?}");
 }
 
 /// `[Section]` → key → every value given (systemd keys may repeat).
@@ -656,7 +729,7 @@ fn systemd_unit_verifies_where_systemd_analyze_is_present() {
 /// `KUBECONFORM_SCHEMA_LOCATION` names a local copy).
 #[test]
 fn manifests_validate_against_the_api_schemas_where_a_validator_is_present() {
-    let files: Vec<PathBuf> = [PORTCULLIS_YAML, DAEMONSET_YAML]
+    let files: Vec<PathBuf> = [PORTCULLIS_YAML, DAEMONSET_YAML, EGRESS_YAML]
         .iter()
         .map(|f| config_dir().join(f))
         .collect();
