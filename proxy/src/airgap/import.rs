@@ -158,7 +158,7 @@ fn one(
                 if bytes.len() as u64 != r.size {
                     return Err(format!("{tag}: blob {} is not {} bytes", r.digest, r.size));
                 }
-                material.check(&bytes).map_err(|why| {
+                artifact.check(*material, &bytes).map_err(|why| {
                     format!("{tag}: blob {} is not {material:?}: {why}", r.digest)
                 })?;
                 Ok((r.digest.clone(), bytes))

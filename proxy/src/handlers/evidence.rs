@@ -64,7 +64,13 @@ async fn legacy(
         return Ok(Default::default());
     };
     // Every blob, the config too, so that the whole artifact is cached for export.
-    let blobs = fetch_all(app, target, artifact.blobs.iter().take(MAX_ITEMS + 1)).await?;
+    let blobs = fetch_all(
+        app,
+        target,
+        &artifact,
+        artifact.blobs.iter().take(MAX_ITEMS + 1),
+    )
+    .await?;
     let mut sigs = Vec::new();
     let mut atts = Vec::new();
     for (d, (r, _)) in doc.layers().iter().zip(artifact.blobs.iter().skip(1)) {
@@ -138,13 +144,13 @@ async fn one_bundle(
         tracing::warn!(name = %target.name, %artifact, %subject, "ignoring a referrer whose subject is another manifest");
         return Ok(Vec::new());
     }
-    let layers: Vec<(Reference, Material)> = found
+    let layers: Vec<&(Reference, Material)> = found
         .blobs
-        .into_iter()
+        .iter()
         .filter(|(_, m)| *m == Material::Bundle)
         .take(MAX_ITEMS)
         .collect();
-    let blobs = fetch_all(app, target, layers.iter()).await?;
+    let blobs = fetch_all(app, target, &found, layers.iter().copied()).await?;
     Ok(layers
         .iter()
         .filter_map(|(r, _)| blobs.get(&r.digest).map(|b| b.to_vec()))
@@ -156,10 +162,13 @@ async fn one_bundle(
 async fn fetch_all<'a>(
     app: &App,
     target: &Target,
+    artifact: &EvidenceArtifact,
     blobs: impl Iterator<Item = &'a (Reference, Material)>,
 ) -> Result<std::collections::HashMap<Digest, Bytes>, ProxyError> {
-    let fetched =
-        join_all(blobs.map(|(r, m)| async move { (r, payload(app, target, r, *m).await) })).await;
+    let fetched = join_all(
+        blobs.map(|(r, m)| async move { (r, payload(app, target, artifact, r, *m).await) }),
+    )
+    .await;
     let mut out = std::collections::HashMap::new();
     for (r, result) in fetched {
         match result {
@@ -180,8 +189,9 @@ async fn fetch_all<'a>(
 pub async fn material(
     app: &App,
     target: &Target,
-    blobs: &[(Reference, Material)],
+    artifact: &EvidenceArtifact,
 ) -> Result<Vec<Reference>, ProxyError> {
+    let blobs = &artifact.blobs;
     if blobs.len() > MAX_ITEMS + 1 {
         return Err(ProxyError::Denied(format!(
             "{}: a signature artifact with {} blobs; verification material has at most {}",
@@ -190,7 +200,12 @@ pub async fn material(
             MAX_ITEMS + 1
         )));
     }
-    let fetched = join_all(blobs.iter().map(|(r, m)| payload(app, target, r, *m))).await;
+    let fetched = join_all(
+        blobs
+            .iter()
+            .map(|(r, m)| payload(app, target, artifact, r, *m)),
+    )
+    .await;
     for result in fetched {
         result?;
     }
@@ -202,6 +217,7 @@ pub async fn material(
 async fn payload(
     app: &App,
     target: &Target,
+    artifact: &EvidenceArtifact,
     r: &Reference,
     material: Material,
 ) -> Result<Bytes, ProxyError> {
@@ -221,7 +237,7 @@ async fn payload(
                 r.size
             )));
         }
-        material.check(&bytes).map_err(|why| {
+        artifact.check(material, &bytes).map_err(|why| {
             ProxyError::Denied(format!(
                 "{what} is listed as {material:?} but is not: {why}"
             ))

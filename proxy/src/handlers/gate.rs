@@ -201,11 +201,13 @@ pub async fn admit_evidence(
     digest: &Digest,
     artifact: &EvidenceArtifact,
 ) -> Result<(), ProxyError> {
-    let key = verdict_key(app, &target.name, digest);
+    let subject = &artifact.subject;
+    // A cosign tag names its subject, not the bytes: the same artifact under another subject's
+    // tag is admitted (or not) afresh.
+    let key = format!("{}\0{subject}", verdict_key(app, &target.name, digest));
     if app.gated.contains_key(&key) {
         return Ok(());
     }
-    let subject = &artifact.subject;
     let what = format!("{}@{digest}", target.name);
     let refused = |why: String| {
         tracing::warn!(name = %target.name, %digest, %subject, why, "evidence refused");
@@ -225,7 +227,7 @@ pub async fn admit_evidence(
     if v.decision == Decision::Deny {
         return Err(refused(format!("did not pass: {}", v.message)));
     }
-    let checked = evidence::material(app, target, &artifact.blobs).await?;
+    let checked = evidence::material(app, target, artifact).await?;
     open_gate(app, target, &checked)?;
     app.gated.insert(key, ());
     Ok(())

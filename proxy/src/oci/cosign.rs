@@ -29,7 +29,8 @@ pub enum Material {
     Dsse,
     /// A Sigstore bundle.
     Bundle,
-    /// The artifact's config: the small JSON object cosign writes, or OCI's empty `{}`.
+    /// The artifact's config: OCI's empty `{}`, or the small image config cosign writes, whose
+    /// `rootfs.diff_ids` are the artifact's own layers (so never another image's config).
     Config,
 }
 
@@ -97,6 +98,31 @@ impl Material {
             if !mt.starts_with(BUNDLE_MEDIA_TYPE_PREFIX) {
                 return Err(format!("bundle mediaType {mt:?}"));
             }
+        }
+        Ok(())
+    }
+}
+
+impl EvidenceArtifact {
+    /// Checks that `bytes`, a blob of this artifact, are the `material` it is listed as.
+    pub fn check(&self, material: Material, bytes: &[u8]) -> Result<(), String> {
+        material.check(bytes)?;
+        if material != Material::Config || bytes == b"{}" {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            rootfs: RootFs,
+        }
+        #[derive(serde::Deserialize)]
+        struct RootFs {
+            diff_ids: Vec<String>,
+        }
+        let config: Config = serde_json::from_slice(bytes)
+            .map_err(|e| format!("neither {{}} nor a cosign config: {e}"))?;
+        let layers = self.blobs.iter().skip(1).map(|(r, _)| r.digest.to_string());
+        if !config.rootfs.diff_ids.iter().cloned().eq(layers) {
+            return Err("its rootfs.diff_ids are not the artifact's own layers".into());
         }
         Ok(())
     }
@@ -207,5 +233,35 @@ mod tests {
         assert!(Material::Config.check(b"{}").is_ok());
         assert!(Material::Config.check(b"[]").is_err());
         assert!(Material::Config.check(br#"{"a":1,"a":2}"#).is_err());
+    }
+
+    #[test]
+    fn an_artifact_config_names_the_artifacts_own_layers() {
+        let layer = Digest::of(b"{}");
+        let r = |d: &Digest| Reference {
+            digest: d.clone(),
+            size: 2,
+            media_type: String::new(),
+        };
+        let artifact = EvidenceArtifact {
+            subject: Digest::of(b"s"),
+            blobs: vec![
+                (r(&Digest::of(b"c")), Material::Config),
+                (r(&layer), Material::SimpleSigning),
+            ],
+        };
+        let cosign = format!(
+            r#"{{"architecture":"","os":"","rootfs":{{"type":"layers","diff_ids":["{layer}"]}},"config":{{}}}}"#
+        );
+        assert!(artifact.check(Material::Config, cosign.as_bytes()).is_ok());
+        assert!(artifact.check(Material::Config, b"{}").is_ok());
+        let image = format!(
+            r#"{{"rootfs":{{"type":"layers","diff_ids":["{}"]}},"config":{{"Entrypoint":["/x"]}}}}"#,
+            Digest::of(b"tar")
+        );
+        assert!(artifact.check(Material::Config, image.as_bytes()).is_err());
+        assert!(artifact
+            .check(Material::Config, br#"{"config":{}}"#)
+            .is_err());
     }
 }
