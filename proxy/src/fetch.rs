@@ -119,6 +119,13 @@ impl Job {
                     upstream.name, self.digest, upstream.timeout
                 )))
             });
+        // Leave the running set before reporting, so that a request arriving after a failure
+        // starts a fresh fetch instead of joining the failed one.
+        self.flights
+            .running
+            .lock()
+            .expect("flights lock")
+            .remove(&self.digest);
         match result {
             Ok(size) => {
                 if let Err(e) = self.store.link(&self.target.name, &self.digest) {
@@ -133,11 +140,6 @@ impl Job {
                 self.progress.send_replace(Progress::Failed(Arc::new(e)));
             }
         }
-        self.flights
-            .running
-            .lock()
-            .expect("flights lock")
-            .remove(&self.digest);
     }
 
     async fn fetch(&self, mut writer: BlobWriter) -> Result<u64, ProxyError> {
