@@ -117,8 +117,12 @@ fn main() -> ExitCode {
             serve(c, config)
         }),
         Command::Import { path, config, name } => {
-            return run_app(config.as_deref(), |app, _| {
-                let lines = portcullis::airgap::import::import(&app, &path, name.as_deref())?;
+            return run_app(config.as_deref(), |app, rt| {
+                let lines = rt.block_on(portcullis::airgap::import::import(
+                    &app,
+                    &path,
+                    name.as_deref(),
+                ))?;
                 for l in &lines {
                     println!("{l}");
                 }
@@ -190,6 +194,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Runs a command on an [`App`] built from the config (inside a runtime, for the blocking pool
 /// and timers the cache and fetches use): 0 when it returns `Ok(true)`, 1 for `Ok(false)`, 2 for
 /// an error.
+/// How long a command waits at exit for a blob write that is under way.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn run_app(
     config: Option<&std::path::Path>,
     f: impl FnOnce(App, &tokio::runtime::Runtime) -> Result<bool, String>,
@@ -201,7 +208,10 @@ fn run_app(
             App::new(c)?
         };
         let out = f(app, &rt);
-        rt.shutdown_background();
+        // Background work (fetch jobs, blob writers, eviction) holds the store: cancel the
+        // tasks and wait for the blocking threads, so that RocksDB is closed by the last of
+        // them before the process exits, never under its feet (which crashed `mirror`).
+        rt.shutdown_timeout(SHUTDOWN_GRACE);
         out
     });
     match result {

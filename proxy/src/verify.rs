@@ -1,12 +1,14 @@
 //! `portcullis verify <image-ref>`: resolve, fetch the signatures, evaluate the policy, and say
-//! why. The same code path as a pull, with a throw-away cache so that it can run beside a
-//! serving instance.
+//! why. The same code path as a pull. Connected, it uses a throw-away cache so that it can run
+//! beside a serving instance; offline, there is nothing to fetch, so it answers from the
+//! configured cache (what was imported; stop the server first, the cache is single-process).
 
 use portcullis_cache::Digest;
 use portcullis_policy::{Decision, NameDecision, Verdict};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::error::ProxyError;
 use crate::handlers::{gate, manifests, Accept, Outcome};
 use crate::route::{parse_digest, Reference};
 
@@ -31,6 +33,9 @@ pub fn parse_image_ref(image: &str) -> Result<(String, Reference), String> {
 /// Evaluates the policy for `image`. `Err` for a failure that is no verdict (bad reference,
 /// upstream down, unknown image).
 pub async fn verify(mut config: Config, image: &str) -> Result<Verdict, String> {
+    if config.server.offline {
+        return run(config, image).await;
+    }
     let scratch = std::env::temp_dir().join(format!("portcullis-verify-{}", std::process::id()));
     config.cache.dir = scratch.clone();
     let result = run(config, image).await;
@@ -55,19 +60,29 @@ async fn run(config: Config, image: &str) -> Result<Verdict, String> {
     }
     let mut outcome = Outcome::default();
     let accept = Accept::default();
-    let digest = match &reference {
-        Reference::Tag(tag) => {
-            manifests::resolve_tag(&app, &target, tag, &accept, &mut outcome)
-                .await
-                .map_err(|e| e.to_string())?
-                .0
+    let resolved = match &reference {
+        Reference::Tag(tag) => manifests::resolve_tag(&app, &target, tag, &accept, &mut outcome)
+            .await
+            .map(|(d, _)| d),
+        Reference::Digest(d) => manifests::by_digest(&app, &target, d, &accept, &mut outcome)
+            .await
+            .map(|_| d.clone()),
+    };
+    let digest = match resolved {
+        Ok(d) => d,
+        // Offline, what is not held would not be served: that is a verdict.
+        Err(ProxyError::ManifestUnknown(why)) if app.offline() => {
+            return Ok(Verdict {
+                name: target.name,
+                digest: reference.to_string(),
+                decision: Decision::Deny,
+                rules: Vec::new(),
+                message: why,
+                attestations: Vec::new(),
+                base: None,
+            })
         }
-        Reference::Digest(d) => {
-            manifests::by_digest(&app, &target, d, &accept, &mut outcome)
-                .await
-                .map_err(|e| e.to_string())?;
-            d.clone()
-        }
+        Err(e) => return Err(e.to_string()),
     };
     let verdict = gate::verdict(&app, &target, &digest)
         .await

@@ -7,6 +7,7 @@
 //! by skopeo, a `kill -9` mid-import, re-import and `cache ls`/`cache gc` are covered too.
 
 mod cache;
+mod exit;
 mod export;
 mod foreign_layout;
 mod interrupted;

@@ -1,5 +1,7 @@
-//! `portcullis export`: images and their cosign signatures, from the cache into an OCI image
-//! layout (a directory, or a tar when the output ends in `.tar`) for the other side of a gap.
+//! `portcullis export`: images and their evidence, from the cache into an OCI image layout (a
+//! directory, or a tar when the output ends in `.tar`) for the other side of a gap: the cosign
+//! `.sig` and `.att` artifacts, and the referrers (Sigstore bundles among them) as the
+//! `sha256-<hex>` referrers tag and the artifact manifests it lists, with their blobs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +11,8 @@ use portcullis_cache::{Blob, Digest};
 use super::layout::{tar_dir, Descriptor, Writer, REF_NAME};
 use super::split_ref;
 use crate::app::App;
+use crate::handlers::referrers::{self, ReferrersIndex, INDEX_MEDIA_TYPE};
+use crate::route::Target;
 
 /// Writes `refs` (`registry/repo:tag`) with their signatures; returns the entries written.
 pub fn export(app: &App, refs: &[String], out: &Path) -> Result<Vec<String>, String> {
@@ -50,6 +54,11 @@ fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> 
             })?;
         let digest: Digest = rec.digest.parse().map_err(|e| format!("{e}"))?;
         entries.push(format!("{}.sig", digest.tag_form()));
+        entries.push(format!("{}.att", digest.tag_form()));
+        if let Some(entry) = referrers(app, &w, &target, &digest)? {
+            written.push(format!("{}:{}", target.name, digest.tag_form()));
+            w.entry(entry);
+        }
         for t in entries {
             let Some(rec) = app.store.tag(&target.name, &t).map_err(|e| e.to_string())? else {
                 continue; // an image without signatures exports without them
@@ -68,6 +77,59 @@ fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> 
     }
     w.finish().map_err(io)?;
     Ok(written)
+}
+
+/// Writes the held referrers of `digest` whose manifests and blobs are all held, and an index
+/// of them (the referrers tag schema's `sha256-<hex>`): its layout entry, if there are any.
+fn referrers(
+    app: &App,
+    w: &Writer,
+    target: &Target,
+    digest: &Digest,
+) -> Result<Option<Descriptor>, String> {
+    let Some(held) = referrers::held_index(app, target, digest).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let mut carried = Vec::new();
+    for r in &held.manifests {
+        if held_fully(app, &r.digest)? {
+            tree(app, w, &r.digest)?;
+            carried.push(r.clone());
+        }
+    }
+    if carried.is_empty() {
+        return Ok(None);
+    }
+    let index = ReferrersIndex::new(carried);
+    let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    let index_digest = Digest::of(&bytes);
+    w.put_bytes(&index_digest, &bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Descriptor {
+        media_type: INDEX_MEDIA_TYPE.to_owned(),
+        digest: index_digest.to_string(),
+        size: bytes.len() as u64,
+        annotations: BTreeMap::from([(
+            REF_NAME.to_owned(),
+            format!("{}:{}", target.name, digest.tag_form()),
+        )]),
+    }))
+}
+
+/// Whether a manifest and everything it references are held (referrers the gate never read,
+/// such as SBOMs nobody pulled, are not).
+fn held_fully(app: &App, digest: &Digest) -> Result<bool, String> {
+    let Some(m) = app.store.manifest(digest).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    for r in &m.refs {
+        let held =
+            app.store.has_blob(r).map_err(|e| e.to_string())?.is_some() || held_fully(app, r)?;
+        if !held {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Writes a manifest and everything it references; its media type and size.

@@ -1,14 +1,18 @@
 //! `portcullis import`: an OCI image layout that crossed the gap on a disk is verified against
-//! the policy exactly as a pull would be, and only what passes is imported. Blobs are streamed
-//! through the cache's hashing writer; an image becomes visible only at the end, when its tag
-//! mapping is written, so an interrupted import leaves nothing servable that was not verified.
+//! the policy exactly as a pull would be, and only what passes is imported. The evidence that
+//! travelled with an image (`.sig`/`.att` artifacts, its referrers under the `sha256-<hex>` tag,
+//! their blobs) is checked as verification material and stored first, where it serves nothing
+//! until its subject passes; then the same `gate` decision as a pull reads it from the cache
+//! (bundles, attestations, `verify_base`). Blobs are streamed through the cache's hashing
+//! writer; an image becomes visible only at the end, when its tag mapping is written, so an
+//! interrupted or rejected import leaves nothing servable that was not verified.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::Path;
 
 use portcullis_cache::{now_ms, Digest, TagRecord};
-use portcullis_policy::{Decision, Evidence, NameDecision};
+use portcullis_policy::{Decision, NameDecision};
 
 use super::layout::{Descriptor, Layout, REF_NAME};
 use super::split_ref;
@@ -17,6 +21,9 @@ use crate::handlers::gate;
 use crate::oci::cosign::{self, is_signature_tag, EvidenceArtifact, MAX_EVIDENCE_BLOB};
 use crate::oci::{Document, Reference};
 use crate::route::Target;
+
+/// At most this many referrers of one image are read from a layout.
+const MAX_REFERRERS: usize = 32;
 
 /// What happened to one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +54,24 @@ struct Node {
     children: Vec<Digest>,
 }
 
+/// One evidence artifact from the layout, every blob checked, and the tag it travelled under
+/// (none for a referrer, which is reached through the referrers tag).
+struct Carried {
+    tag: Option<String>,
+    node: Node,
+    artifact: EvidenceArtifact,
+    blobs: Vec<(Digest, bytes::Bytes)>,
+}
+
+/// The layout's entries that are evidence (cosign tags, referrers tags), by repository and tag.
+type EvidenceEntries = HashMap<(String, String), Descriptor>;
+
 /// Imports every image of the layout at `path`. `name` names the repository of entries whose
-/// ref name is a bare tag (as `skopeo copy … oci:DIR:TAG` writes).
-pub fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Line>, String> {
+/// ref name is a bare tag (as `skopeo copy … oci:DIR:TAG` writes). An image whose base (under
+/// `verify_base`) comes later in the same layout is decided again once the others are in.
+pub async fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Line>, String> {
     let layout = Layout::open(path)?;
-    let mut sigs: HashMap<(String, String), Descriptor> = HashMap::new();
+    let mut evidence: EvidenceEntries = HashMap::new();
     let mut images = Vec::new();
     let mut lines = Vec::new();
     for d in &layout.index.manifests {
@@ -77,29 +97,52 @@ pub fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Line>, S
                 continue;
             }
         };
-        if is_signature_tag(&tag) {
-            sigs.insert((target.name.clone(), tag), d.clone());
+        if is_signature_tag(&tag) || is_referrers_tag(&tag) {
+            evidence.insert((target.name.clone(), tag), d.clone());
         } else {
             images.push((target, tag, d.clone()));
         }
     }
     let mut progress = Progress::new(images.len());
-    for (target, tag, d) in images {
-        let reference = format!("{}:{tag}", target.name);
-        let line = match one(app, &layout, &target, &tag, &d, &sigs, &mut progress) {
-            Ok(outcome) => Line {
-                outcome,
-                reference,
-                digest: d.digest.clone(),
-                reason: None,
-            },
-            Err(why) => rejected(&reference, &d.digest, why),
-        };
-        progress.image_done();
-        lines.push(line);
+    let mut results: Vec<Option<Line>> = vec![None; images.len()];
+    loop {
+        let mut imported_any = false;
+        for (i, (target, tag, d)) in images.iter().enumerate() {
+            if results[i].as_ref().is_some_and(|l| l.outcome != "rejected") {
+                continue;
+            }
+            let reference = format!("{}:{tag}", target.name);
+            let line = match one(app, &layout, target, tag, d, &evidence, &mut progress).await {
+                Ok(outcome) => {
+                    imported_any = true;
+                    progress.image_done();
+                    Line {
+                        outcome,
+                        reference,
+                        digest: d.digest.clone(),
+                        reason: None,
+                    }
+                }
+                Err(why) => rejected(&reference, &d.digest, why),
+            };
+            results[i] = Some(line);
+        }
+        let retry = results
+            .iter()
+            .any(|l| l.as_ref().is_some_and(|l| l.outcome == "rejected"));
+        if !(imported_any && retry) {
+            break;
+        }
     }
+    lines.extend(results.into_iter().flatten());
     progress.finish();
     Ok(lines)
+}
+
+/// The referrers tag schema: `sha256-<hex>`, an index of the subject's referrers.
+fn is_referrers_tag(tag: &str) -> bool {
+    tag.strip_prefix("sha256-")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn rejected(reference: &str, digest: &str, why: String) -> Line {
@@ -111,13 +154,13 @@ fn rejected(reference: &str, digest: &str, why: String) -> Line {
     }
 }
 
-fn one(
+async fn one(
     app: &App,
     layout: &Layout,
     target: &Target,
     tag: &str,
     d: &Descriptor,
-    sigs: &HashMap<(String, String), Descriptor>,
+    evidence: &EvidenceEntries,
     progress: &mut Progress,
 ) -> Result<&'static str, String> {
     let digest: Digest = d.digest.parse().map_err(|e| format!("{e}"))?;
@@ -131,55 +174,15 @@ fn one(
         nodes.push(node(layout, child, None, max)?);
     }
 
-    // The signatures and attestations that travelled with it, checked like any content: only
-    // an artifact whose every blob is small verification material counts, or is imported.
-    let mut evidence = Evidence::default();
-    let mut sig_nodes: Vec<(String, Node, EvidenceArtifact)> = Vec::new();
-    let mut payloads = Vec::new();
-    for suffix in ["sig", "att"] {
-        let tag = format!("{}.{suffix}", digest.tag_form());
-        let Some(sd) = sigs.get(&(target.name.clone(), tag.clone())) else {
-            continue;
-        };
-        let sd_digest: Digest = sd.digest.parse().map_err(|e| format!("{e}"))?;
-        let sn = node(layout, &sd_digest, Some(&sd.media_type), max)?;
-        let artifact = match cosign::evidence_artifact(&sn.doc, Some(&tag)) {
-            Some(a) if a.subject == digest => a,
-            _ => {
-                tracing::warn!(name = %target.name, tag, "ignoring a signature tag that is not verification material");
-                continue;
-            }
-        };
-        let checked: Vec<(Digest, bytes::Bytes)> = artifact
-            .blobs
-            .iter()
-            .map(|(r, material)| {
-                let bytes = layout.read_verified(&r.digest, MAX_EVIDENCE_BLOB)?;
-                if bytes.len() as u64 != r.size {
-                    return Err(format!("{tag}: blob {} is not {} bytes", r.digest, r.size));
-                }
-                artifact.check(*material, &bytes).map_err(|why| {
-                    format!("{tag}: blob {} is not {material:?}: {why}", r.digest)
-                })?;
-                Ok((r.digest.clone(), bytes))
-            })
-            .collect::<Result<_, String>>()?;
-        for (layer, (_, bytes)) in sn.doc.layers().iter().zip(checked.iter().skip(1)) {
-            evidence
-                .signatures
-                .extend(cosign::signature_layer(layer, bytes.to_vec()));
-            evidence
-                .attestations
-                .extend(cosign::attestation_layer(layer, bytes.to_vec()));
-        }
-        payloads.extend(checked);
-        sig_nodes.push((tag, sn, artifact));
-    }
-    let verdict = app
-        .policy
-        .evaluate(&target.name, &digest.to_string(), &evidence);
+    // The evidence that travelled with it, checked like any content, stored where it serves
+    // nothing until the image passes; then the same decision as a pull reads it.
+    let carried = carried(layout, target, &digest, evidence, max)?;
+    store_evidence(app, target, &carried)?;
+    let verdict = gate::redecide(app, target, &digest)
+        .await
+        .map_err(|e| e.to_string())?;
     if verdict.decision == Decision::Deny {
-        return Err(verdict.message);
+        return Err(verdict.message.clone());
     }
 
     let all_blobs: Vec<Digest> = {
@@ -215,53 +218,152 @@ fn one(
                 .map(|_| ())
         })?;
     }
-    for (pd, bytes) in &payloads {
-        if app.store.has_blob(pd).map_err(|e| e.to_string())?.is_none() {
-            write_blob(app, pd, |w| {
-                w.write(bytes.clone()).map_err(|e| e.to_string())
-            })?;
+
+    // Then manifests, children before parents, then the gate, then the tag.
+    let err = |e: crate::error::ProxyError| e.to_string();
+    for n in nodes.iter().chain(std::iter::once(&top)) {
+        put_node(app, target, n)?;
+    }
+    gate::enforce(app, target, &digest, &top.doc, &verdict).map_err(err)?;
+    // The image passed: its verification material may be served beside it.
+    for c in &carried {
+        let refs: Vec<Reference> = c.artifact.blobs.iter().map(|(r, _)| r.clone()).collect();
+        gate::open_gate(app, target, &refs).map_err(err)?;
+    }
+    put_tag(app, target, tag, &digest, &top.doc.media_type)?;
+    Ok(if unchanged { "unchanged" } else { "imported" })
+}
+
+/// The `.sig`/`.att` artifacts and the referrers of `digest` that the layout carries, each an
+/// evidence artifact for `digest` whose every blob is small and what it claims. Anything else
+/// is left behind with a log line; a blob that fails its check rejects the image.
+fn carried(
+    layout: &Layout,
+    target: &Target,
+    digest: &Digest,
+    evidence: &EvidenceEntries,
+    max: u64,
+) -> Result<Vec<Carried>, String> {
+    let mut out = Vec::new();
+    let entry = |tag: &str| evidence.get(&(target.name.clone(), tag.to_owned()));
+    for suffix in ["sig", "att"] {
+        let tag = format!("{}.{suffix}", digest.tag_form());
+        let Some(sd) = entry(&tag) else { continue };
+        let sd_digest: Digest = sd.digest.parse().map_err(|e| format!("{e}"))?;
+        let sn = node(layout, &sd_digest, Some(&sd.media_type), max)?;
+        out.extend(check(layout, target, sn, Some(tag), digest)?);
+    }
+    let referrers_tag = digest.tag_form();
+    if let Some(rd) = entry(&referrers_tag) {
+        let rd_digest: Digest = rd.digest.parse().map_err(|e| format!("{e}"))?;
+        let index = node(layout, &rd_digest, Some(&rd.media_type), max)?;
+        for child in index.children.iter().take(MAX_REFERRERS) {
+            let Ok(n) = node(layout, child, None, max) else {
+                tracing::warn!(name = %target.name, referrer = %child, "a listed referrer is not in the layout");
+                continue;
+            };
+            out.extend(check(layout, target, n, None, digest)?);
+        }
+        // The index itself, so that the offline referrers endpoint lists what was imported.
+        out.push(Carried {
+            tag: Some(referrers_tag),
+            artifact: EvidenceArtifact {
+                subject: digest.clone(),
+                blobs: Vec::new(),
+            },
+            node: index,
+            blobs: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+fn check(
+    layout: &Layout,
+    target: &Target,
+    node: Node,
+    tag: Option<String>,
+    subject: &Digest,
+) -> Result<Option<Carried>, String> {
+    let artifact = match cosign::evidence_artifact(&node.doc, tag.as_deref()) {
+        Some(a) if &a.subject == subject => a,
+        _ => {
+            tracing::warn!(name = %target.name, ?tag, digest = %node.digest, "ignoring what is not verification material for this image");
+            return Ok(None);
+        }
+    };
+    let what = tag.clone().unwrap_or_else(|| node.digest.to_string());
+    let blobs = artifact
+        .blobs
+        .iter()
+        .map(|(r, material)| {
+            let bytes = layout.read_verified(&r.digest, MAX_EVIDENCE_BLOB)?;
+            if bytes.len() as u64 != r.size {
+                return Err(format!("{what}: blob {} is not {} bytes", r.digest, r.size));
+            }
+            artifact
+                .check(*material, &bytes)
+                .map_err(|why| format!("{what}: blob {} is not {material:?}: {why}", r.digest))?;
+            Ok((r.digest.clone(), bytes))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Some(Carried {
+        tag,
+        node,
+        artifact,
+        blobs,
+    }))
+}
+
+/// Stores carried evidence as content (blobs, manifests, their tags): none of it is served
+/// until its subject passes, and the decision reads it from here.
+fn store_evidence(app: &App, target: &Target, carried: &[Carried]) -> Result<(), String> {
+    for c in carried {
+        for (d, bytes) in &c.blobs {
+            if app.store.has_blob(d).map_err(|e| e.to_string())?.is_none() {
+                write_blob(app, d, |w| {
+                    w.write(bytes.clone()).map_err(|e| e.to_string())
+                })?;
+            }
+            app.store.link(&target.name, d).map_err(|e| e.to_string())?;
+        }
+        put_node(app, target, &c.node)?;
+    }
+    // Tags last: an artifact is reachable only once everything it names is held.
+    for c in carried {
+        if let Some(tag) = &c.tag {
+            put_tag(app, target, tag, &c.node.digest, &c.node.doc.media_type)?;
         }
     }
+    Ok(())
+}
 
-    // Then manifests, children before parents, then the verdict and the gate, then the tags.
-    let err = |e: crate::error::ProxyError| e.to_string();
-    for n in nodes
-        .iter()
-        .chain(sig_nodes.iter().map(|(_, n, _)| n))
-        .chain(std::iter::once(&top))
-    {
-        let mut refs = n.blobs.clone();
-        refs.extend(n.children.iter().cloned());
-        app.store
-            .put_manifest(&n.digest, &n.doc.media_type, &n.bytes, &refs)
-            .map_err(|e| e.to_string())?;
-        app.store
-            .link(&target.name, &n.digest)
-            .map_err(|e| e.to_string())?;
-    }
-    gate::store_verdict(app, &target.name, &digest, verdict.clone()).map_err(err)?;
-    gate::enforce(app, target, &digest, &top.doc, &verdict).map_err(err)?;
-    let record = |d: &Digest, mt: &str| TagRecord {
-        digest: d.to_string(),
-        media_type: mt.to_owned(),
+fn put_node(app: &App, target: &Target, n: &Node) -> Result<(), String> {
+    let mut refs = n.blobs.clone();
+    refs.extend(n.children.iter().cloned());
+    app.store
+        .put_manifest(&n.digest, &n.doc.media_type, &n.bytes, &refs)
+        .map_err(|e| e.to_string())?;
+    app.store
+        .link(&target.name, &n.digest)
+        .map_err(|e| e.to_string())
+}
+
+fn put_tag(
+    app: &App,
+    target: &Target,
+    tag: &str,
+    digest: &Digest,
+    media_type: &str,
+) -> Result<(), String> {
+    let record = TagRecord {
+        digest: digest.to_string(),
+        media_type: media_type.to_owned(),
         fetched_at_ms: now_ms(),
     };
-    // The image passed: its verification material may be served beside it.
-    for (sig_tag, sn, artifact) in &sig_nodes {
-        let refs: Vec<Reference> = artifact.blobs.iter().map(|(r, _)| r.clone()).collect();
-        gate::open_gate(app, target, &refs).map_err(err)?;
-        app.store
-            .put_tag(
-                &target.name,
-                sig_tag,
-                &record(&sn.digest, &sn.doc.media_type),
-            )
-            .map_err(|e| e.to_string())?;
-    }
     app.store
-        .put_tag(&target.name, tag, &record(&digest, &top.doc.media_type))
-        .map_err(|e| e.to_string())?;
-    Ok(if unchanged { "unchanged" } else { "imported" })
+        .put_tag(&target.name, tag, &record)
+        .map_err(|e| e.to_string())
 }
 
 fn node(

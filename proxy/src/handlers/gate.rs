@@ -59,6 +59,31 @@ async fn decide(
             return Ok(v);
         }
     }
+    let v = Arc::new(evaluate(app, target, digest, chain).await?);
+    remember(app, key, &v)?;
+    Ok(v)
+}
+
+/// Decides on a manifest afresh, whatever verdict is held, and remembers the result: for an
+/// import, whose evidence has just arrived.
+pub async fn redecide(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+) -> Result<Arc<Verdict>, ProxyError> {
+    let v = Arc::new(evaluate(app, target, digest, &[]).await?);
+    remember(app, verdict_key(app, &target.name, digest), &v)?;
+    Ok(v)
+}
+
+/// The policy's verdict over the evidence gathered for `digest` (and its base, under
+/// `verify_base`).
+async fn evaluate(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    chain: &[String],
+) -> Result<Verdict, ProxyError> {
     let evidence = if app.policy.rules_for(&target.name).is_empty() {
         Evidence::default() // [policy] default decides; nothing to fetch
     } else {
@@ -70,19 +95,7 @@ async fn decide(
     if let Some(mode) = app.policy.verify_base(&target.name) {
         base::check(app, target, digest, &mut v, mode, chain).await?;
     }
-    let v = Arc::new(v);
-    remember(app, key, &v)?;
     Ok(v)
-}
-
-/// Records a verdict made elsewhere (an import) as if this instance had made it.
-pub fn store_verdict(
-    app: &App,
-    name: &str,
-    digest: &Digest,
-    verdict: Verdict,
-) -> Result<(), ProxyError> {
-    remember(app, verdict_key(app, name, digest), &Arc::new(verdict))
 }
 
 /// The verdict held for `name@digest` under the current policy, if any.

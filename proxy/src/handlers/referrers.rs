@@ -130,6 +130,16 @@ pub async fn referrers(
     lookup(app, target, subject, &mut Outcome::default()).await
 }
 
+/// The referrers of `subject` the cache holds, whatever their age, without asking anyone: what
+/// an export carries across a gap.
+pub fn held_index(
+    app: &App,
+    target: &Target,
+    subject: &Digest,
+) -> Result<Option<Arc<ReferrersIndex>>, ProxyError> {
+    Ok(held(app, &format!("{}\0{subject}", target.name))?.map(|h| h.index))
+}
+
 /// Serves the referrers index, filtered by `?artifactType=` if given. Always `200`, even when
 /// there are none (the spec's answer to a subject without referrers).
 pub async fn serve(
