@@ -6,6 +6,7 @@
 //! Tampered transfers (a flipped byte, a swapped or missing signature, a cut tar), a layout written
 //! by skopeo, a `kill -9` mid-import, re-import and `cache ls`/`cache gc` are covered too.
 
+mod bundles;
 mod cache;
 mod exit;
 mod export;

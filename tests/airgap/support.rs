@@ -19,6 +19,8 @@ pub(crate) struct World {
     pub(crate) work: PathBuf,
     pub(crate) upstream: Registry,
     release: CosignKey,
+    /// Appended to every instance's policy: trust roots and rules of the tests that need more.
+    extra_policy: String,
 }
 
 impl World {
@@ -34,7 +36,19 @@ impl World {
             work,
             upstream,
             release,
+            extra_policy: String::new(),
         }
+    }
+
+    /// Appends `toml` (`[[trust.root]]`, `[[rule]]` tables) to the policy of every instance
+    /// made after this call.
+    pub(crate) fn extend_policy(&mut self, toml: &str) {
+        self.extra_policy.push_str(toml);
+    }
+
+    /// The trusted key `release`, for evidence other than a plain signature (`.att` layers).
+    pub(crate) fn release(&self) -> &CosignKey {
+        &self.release
     }
 
     /// The upstream's `127.0.0.1:PORT`, the registry part of every image name here.
@@ -90,9 +104,10 @@ name = "library"
 images = ["docker.io/library/**"]
 [[rule.authority]]
 key = "release"
-"#,
+{extra}"#,
             key = self.work.join("release.pub").display(),
             host = self.host(),
+            extra = self.extra_policy,
         )
     }
 
@@ -206,6 +221,15 @@ impl Instance {
 
     pub(crate) fn mirror(&self, output: &Path) -> Run {
         self.run(&[&"mirror", &"--output", &output])
+    }
+
+    /// The same work dir and cache under a config whose template `edit` rewrote (a stricter
+    /// rule, say), to ask what another policy makes of what this instance holds.
+    pub(crate) fn variant(&self, edit: impl FnOnce(&str) -> String) -> Instance {
+        Instance {
+            workdir: self.workdir.clone(),
+            template: edit(&self.template),
+        }
     }
 
     /// `portcullis serve --config FILE` on this cache (stop it before the next CLI command).
