@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{header, HeaderMap, HeaderValue};
-use portcullis::handlers::Accept;
+use portcullis::content::Accept;
 use portcullis::route::{parse_path, validate_repo};
 use portcullis::upstream::Challenge;
 use portcullis_cache::{Digest, Hasher};

@@ -194,6 +194,11 @@ impl Store {
         Ok(self.db.put(keys::tag(repo, tag), value)?)
     }
 
+    /// Forgets a tag mapping (what it pointed at stays, until eviction).
+    pub fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), Error> {
+        Ok(self.db.delete(keys::tag(repo, tag))?)
+    }
+
     pub fn tag(&self, repo: &str, tag: &str) -> Result<Option<TagRecord>, Error> {
         let Some(raw) = self.db.get_pinned(keys::tag(repo, tag))? else {
             return Ok(None);

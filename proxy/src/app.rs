@@ -8,8 +8,8 @@ use portcullis_policy::{Policy, Verdict};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::content::referrers::HeldReferrers;
 use crate::fetch::Flights;
-use crate::handlers::referrers::HeldReferrers;
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::upstream::Upstream;

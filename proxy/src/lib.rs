@@ -6,15 +6,24 @@
 //! `portcullis-policy`.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration and the embedded default.
-//! - [`auth`]: optional client authentication and per-user pull grants.
-//! - [`route`]: request paths, name validation, and routing to upstreams.
+//! A pull goes down one pipeline, and every other path (`verify`, `mirror`, `export`, `import`)
+//! joins it at the gate:
+//!
+//! ```text
+//! server (listeners, TLS, request log) -> handlers -> gate -> content -> upstream / cache
+//!                                   verify, airgap ---^        ^--- oci (strict reader)
+//! ```
+//! - [`server`], [`tls`], [`log`], [`auth`]: the listeners, HTTPS, the request log, clients'
+//!   credentials; [`route`]: request paths, name validation, routing to upstreams.
+//! - [`handlers`]: the registry routes, thin: parse, call the gate and content, map errors.
+//! - [`gate`]: the verification gate: evidence from every source, the verdict (`verify_base`
+//!   included), blob gates, verification material admitted for a subject that passed.
+//! - [`content`]: manifests, tags (TTL, revalidation, stale, offline), referrer lists and small
+//!   evidence blobs, each with how it was obtained; [`oci`]: the strict reader for manifests,
+//!   indexes and cosign material.
+//! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-first (or streaming) body.
 //! - [`upstream`]: the upstream client (rustls, token flow, redirects, timeouts).
-//! - [`handlers`]: the registry routes.
-//! - [`oci`]: the strict reader for manifests, indexes and cosign verification material.
-//! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-while-streaming body.
-//! - [`error`]: the one place errors become OCI error JSON.
-//! - [`server`], [`tls`] and [`log`]: the listeners, the request stack, HTTPS and the request log.
+//! - [`error`]: the one place errors become OCI error JSON; [`config`]: the TOML configuration.
 //! - [`reload`]: SIGHUP and file changes swap in a new configuration; [`metrics`]: Prometheus.
 //! - [`airgap`]: import, export and mirror of OCI layouts; `cache ls` and `cache gc`.
 //! - [`verify`]: `portcullis verify`, the policy's verdict on one image, with reasons.
@@ -24,8 +33,10 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod fetch;
+pub mod gate;
 pub mod handlers;
 pub mod linger;
 pub mod log;

@@ -8,8 +8,9 @@ use portcullis_policy::{Decision, NameDecision, Verdict};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::content::{self, Accept};
 use crate::error::ProxyError;
-use crate::handlers::{gate, manifests, Accept, Outcome};
+use crate::gate;
 use crate::route::{parse_digest, Reference};
 
 /// Splits `registry/repo[:tag][@digest]` (the tag defaults to `latest`).
@@ -58,13 +59,12 @@ async fn run(config: Config, image: &str) -> Result<Verdict, String> {
             base: None,
         });
     }
-    let mut outcome = Outcome::default();
     let accept = Accept::default();
     let resolved = match &reference {
-        Reference::Tag(tag) => manifests::resolve_tag(&app, &target, tag, &accept, &mut outcome)
+        Reference::Tag(tag) => content::resolve_tag(&app, &target, tag, &accept)
             .await
-            .map(|(d, _)| d),
-        Reference::Digest(d) => manifests::by_digest(&app, &target, d, &accept, &mut outcome)
+            .map(|(d, _, _)| d),
+        Reference::Digest(d) => content::by_digest(&app, &target, d, &accept)
             .await
             .map(|_| d.clone()),
     };
@@ -84,7 +84,8 @@ async fn run(config: Config, image: &str) -> Result<Verdict, String> {
         }
         Err(e) => return Err(e.to_string()),
     };
-    let verdict = gate::verdict(&app, &target, &digest)
+    // Decided afresh from the evidence (held, or fetched), so that every reason is there.
+    let verdict = gate::redecide(&app, &target, &digest, None)
         .await
         .map_err(|e| e.to_string())?;
     Ok((*verdict).clone())

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use portcullis_cache::Digest;
 
 use crate::app::App;
-use crate::handlers::gate;
+use crate::gate;
 
 /// One line per held tag: name:tag, digest, bytes, verdict under the current policy, last access.
 pub fn ls(app: &App) -> Result<Vec<String>, String> {

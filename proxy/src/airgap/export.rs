@@ -11,7 +11,7 @@ use portcullis_cache::{Blob, Digest};
 use super::layout::{tar_dir, Descriptor, Writer, REF_NAME};
 use super::split_ref;
 use crate::app::App;
-use crate::handlers::referrers::{self, ReferrersIndex, INDEX_MEDIA_TYPE};
+use crate::content::referrers::{self, ReferrersIndex, INDEX_MEDIA_TYPE};
 use crate::route::Target;
 
 /// Writes `refs` (`registry/repo:tag`) with their signatures; returns the entries written.

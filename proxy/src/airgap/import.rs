@@ -17,7 +17,7 @@ use portcullis_policy::{Decision, NameDecision};
 use super::layout::{Descriptor, Layout, REF_NAME};
 use super::split_ref;
 use crate::app::App;
-use crate::handlers::gate;
+use crate::gate;
 use crate::oci::cosign::{self, is_signature_tag, EvidenceArtifact, MAX_EVIDENCE_BLOB};
 use crate::oci::{Document, Reference};
 use crate::route::Target;
@@ -177,13 +177,20 @@ async fn one(
     // The evidence that travelled with it, checked like any content, stored where it serves
     // nothing until the image passes; then the same decision as a pull reads it.
     let carried = carried(layout, target, &digest, evidence, max)?;
-    store_evidence(app, target, &carried)?;
-    let verdict = gate::redecide(app, target, &digest)
-        .await
-        .map_err(|e| e.to_string())?;
-    if verdict.decision == Decision::Deny {
-        return Err(verdict.message.clone());
-    }
+    let before = store_evidence(app, target, &carried)?;
+    let decided = gate::redecide(app, target, &digest, Some(&top.bytes)).await;
+    let verdict = match decided {
+        Ok(v) if v.decision != Decision::Deny => v,
+        // Rejected: the carried evidence's tags are taken back, so that nothing of the image,
+        // its referrers list included, is reachable.
+        rejected => {
+            restore_tags(app, target, before)?;
+            return Err(match rejected {
+                Ok(v) => v.message.clone(),
+                Err(e) => e.to_string(),
+            });
+        }
+    };
 
     let all_blobs: Vec<Digest> = {
         let mut seen = HashSet::new();
@@ -316,8 +323,13 @@ fn check(
 }
 
 /// Stores carried evidence as content (blobs, manifests, their tags): none of it is served
-/// until its subject passes, and the decision reads it from here.
-fn store_evidence(app: &App, target: &Target, carried: &[Carried]) -> Result<(), String> {
+/// until its subject passes, and the decision reads it from here. Returns the tag mappings it
+/// replaced, for [`restore_tags`].
+fn store_evidence(
+    app: &App,
+    target: &Target,
+    carried: &[Carried],
+) -> Result<Vec<(String, Option<TagRecord>)>, String> {
     for c in carried {
         for (d, bytes) in &c.blobs {
             if app.store.has_blob(d).map_err(|e| e.to_string())?.is_none() {
@@ -330,10 +342,32 @@ fn store_evidence(app: &App, target: &Target, carried: &[Carried]) -> Result<(),
         put_node(app, target, &c.node)?;
     }
     // Tags last: an artifact is reachable only once everything it names is held.
+    let mut before = Vec::new();
     for c in carried {
         if let Some(tag) = &c.tag {
+            let held = app
+                .store
+                .tag(&target.name, tag)
+                .map_err(|e| e.to_string())?;
+            before.push((tag.clone(), held));
             put_tag(app, target, tag, &c.node.digest, &c.node.doc.media_type)?;
         }
+    }
+    Ok(before)
+}
+
+/// Puts back the tag mappings [`store_evidence`] replaced.
+fn restore_tags(
+    app: &App,
+    target: &Target,
+    before: Vec<(String, Option<TagRecord>)>,
+) -> Result<(), String> {
+    for (tag, held) in before {
+        match held {
+            Some(record) => app.store.put_tag(&target.name, &tag, &record),
+            None => app.store.delete_tag(&target.name, &tag),
+        }
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -10,9 +10,9 @@ use portcullis_policy::{Decision, NameDecision};
 use super::export::export;
 use super::split_ref;
 use crate::app::App;
+use crate::content::{self, Accept};
 use crate::fetch::Progress;
-use crate::handlers::manifests;
-use crate::handlers::{gate, Accept, Outcome};
+use crate::gate;
 use crate::oci::{cosign, Document};
 use crate::route::Target;
 use crate::upstream::read_limited;
@@ -112,11 +112,9 @@ async fn pull(app: &App, image: &str) -> Result<String, String> {
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
         return Err(why);
     }
-    let mut outcome = Outcome::default();
-    let (digest, manifest) =
-        manifests::resolve_tag(app, &target, tag, &Accept::default(), &mut outcome)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (digest, manifest, _) = content::resolve_tag(app, &target, tag, &Accept::default())
+        .await
+        .map_err(|e| e.to_string())?;
     let verdict = gate::verdict(app, &target, &digest)
         .await
         .map_err(|e| e.to_string())?;
@@ -127,8 +125,7 @@ async fn pull(app: &App, image: &str) -> Result<String, String> {
     gate::enforce(app, &target, &digest, &doc, &verdict).map_err(|e| e.to_string())?;
     for child in doc.children().map_err(|e| e.to_string())? {
         let child = child.digest;
-        let mut o = Outcome::default();
-        let m = manifests::by_digest(app, &target, &child, &Accept::default(), &mut o)
+        let (m, _) = content::by_digest(app, &target, &child, &Accept::default())
             .await
             .map_err(|e| e.to_string())?;
         let v = gate::verdict(app, &target, &child)

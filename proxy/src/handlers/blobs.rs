@@ -5,12 +5,13 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_range_header::parse_range_header;
 use portcullis_cache::{Blob, Digest};
 
-use super::{gate, Outcome};
+use super::Outcome;
 use crate::app::App;
 use crate::body::{empty, full, stream, ResponseBody, Source};
 use crate::config::ColdBlobs;
 use crate::error::ProxyError;
 use crate::fetch::Progress;
+use crate::gate;
 use crate::route::Target;
 use crate::upstream::{content_length, status_error};
 

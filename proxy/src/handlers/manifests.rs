@@ -1,20 +1,17 @@
-//! `GET`/`HEAD /v2/<name>/manifests/<reference>`: resolve a tag (TTL, revalidation with `HEAD`,
-//! stale serving while the upstream is down), fetch by digest, check the bytes hash to the
-//! digest, and serve the original bytes.
+//! `GET`/`HEAD /v2/<name>/manifests/<reference>`: the manifest from [`content`](crate::content),
+//! the gate's decision (a verdict, or verification material admitted for its subject), then the
+//! original bytes.
 
-use std::time::Duration;
+use http::{header, HeaderValue, Response};
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response};
-use portcullis_cache::{now_ms, Digest, Manifest, TagRecord};
-
-use super::{gate, Accept, Outcome};
+use super::Outcome;
 use crate::app::App;
 use crate::body::{empty, full, ResponseBody};
+use crate::content::{self, Accept};
 use crate::error::ProxyError;
+use crate::gate;
 use crate::oci::{cosign, Document};
 use crate::route::{Reference, Target};
-use crate::upstream::{content_length, read_limited, status_error};
 
 pub async fn serve(
     app: &App,
@@ -24,13 +21,17 @@ pub async fn serve(
     head: bool,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (digest, manifest) = match reference {
-        Reference::Digest(d) => (d.clone(), by_digest(app, target, d, accept, outcome).await?),
-        Reference::Tag(tag) => resolve_tag(app, target, tag, accept, outcome).await?,
+    let (digest, manifest, obtained) = match reference {
+        Reference::Digest(d) => {
+            let (m, obtained) = content::by_digest(app, target, d, accept).await?;
+            (d.clone(), m, obtained)
+        }
+        Reference::Tag(tag) => content::resolve_tag(app, target, tag, accept).await?,
     };
+    outcome.cache = obtained.as_str();
     // Read again, strictly, whatever the cache held: it is what clients will read.
     let doc = Document::parse(&manifest.bytes, Some(&manifest.media_type))
-        .map_err(gate::invalid(target, &digest))?;
+        .map_err(content::manifests::invalid(target, &digest))?;
     let tag = match reference {
         Reference::Tag(tag) => Some(tag.as_str()),
         Reference::Digest(_) => None,
@@ -68,246 +69,4 @@ pub async fn serve(
         h.insert(header::ETAG, v);
     }
     Ok(resp)
-}
-
-pub(crate) async fn by_digest(
-    app: &App,
-    target: &Target,
-    digest: &Digest,
-    accept: &Accept,
-    outcome: &mut Outcome,
-) -> Result<Manifest, ProxyError> {
-    if let Some(m) = app.store.manifest(digest)? {
-        if app.offline() || app.store.is_linked(&target.name, digest)? {
-            outcome.cache = "hit";
-            return Ok(m);
-        }
-    }
-    if app.offline() {
-        return Err(offline_miss(&format!("{}@{digest}", target.name)));
-    }
-    outcome.cache = "miss";
-    let (_, m) = fetch(app, target, &digest.to_string(), Some(digest), accept).await?;
-    Ok(m)
-}
-
-/// Resolves a tag to a verified-by-hash manifest: cached mapping within `tag_ttl`, else a `HEAD`
-/// revalidation, else a fetch; a stale mapping within `max_stale` while the upstream is down.
-pub(crate) async fn resolve_tag(
-    app: &App,
-    target: &Target,
-    tag: &str,
-    accept: &Accept,
-    outcome: &mut Outcome,
-) -> Result<(Digest, Manifest), ProxyError> {
-    let key = accept.tag_key(tag);
-    let cache = &app.config.cache;
-    if app.offline() {
-        // The last verified mapping, whatever its age.
-        let held = match app.store.tag(&target.name, &key)? {
-            Some(rec) => match rec.digest.parse::<Digest>() {
-                Ok(d) => app.store.manifest(&d)?.map(|m| (d, m)),
-                Err(_) => None,
-            },
-            None => None,
-        };
-        outcome.cache = "hit";
-        return held.ok_or_else(|| offline_miss(&format!("{}:{tag}", target.name)));
-    }
-    if let Some(rec) = app.store.tag(&target.name, &key)? {
-        let age = Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms));
-        let digest: Option<Digest> = rec.digest.parse().ok();
-        let held = match &digest {
-            Some(d) => app.store.manifest(d)?.map(|m| (d.clone(), m)),
-            None => None,
-        };
-        if let Some((d, m)) = held {
-            if age < cache.tag_ttl {
-                outcome.cache = "hit";
-                return Ok((d, m));
-            }
-            match revalidate(target, tag, accept).await {
-                Ok(Some(now)) if now == d => {
-                    outcome.cache = "hit";
-                    remember(app, target, &key, &d, &m.media_type)?;
-                    return Ok((d, m));
-                }
-                Ok(_) => {} // moved, or no digest header: fetch below
-                Err(e) if e.is_transient() && age < cache.max_stale => {
-                    tracing::warn!(name = %target.name, tag, digest = %d, age = ?age, error = %e,
-                        "upstream unavailable: serving the last known tag mapping (stale)");
-                    outcome.cache = "stale";
-                    app.metrics.stale_serves.inc();
-                    return Ok((d, m));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    outcome.cache = "miss";
-    let (digest, m) = fetch(app, target, tag, None, accept).await?;
-    remember(app, target, &key, &digest, &m.media_type)?;
-    Ok((digest, m))
-}
-
-fn remember(
-    app: &App,
-    target: &Target,
-    key: &str,
-    digest: &Digest,
-    media_type: &str,
-) -> Result<(), ProxyError> {
-    let record = TagRecord {
-        digest: digest.to_string(),
-        media_type: media_type.to_owned(),
-        fetched_at_ms: now_ms(),
-    };
-    Ok(app.store.put_tag(&target.name, key, &record)?)
-}
-
-/// `HEAD` the tag upstream (Docker Hub counts GETs, not HEADs): the digest it points at now, if
-/// the upstream says.
-async fn revalidate(
-    target: &Target,
-    tag: &str,
-    accept: &Accept,
-) -> Result<Option<Digest>, ProxyError> {
-    let up = &target.upstream;
-    let accept = accept.upstream_header();
-    let resp = tokio::time::timeout(
-        up.timeout,
-        up.send(
-            Method::HEAD,
-            &target.repo,
-            &format!("manifests/{tag}"),
-            Some(&accept),
-        ),
-    )
-    .await
-    .map_err(|_| ProxyError::Unavailable(format!("{}: HEAD timed out", up.name)))??;
-    if !resp.status().is_success() {
-        let what = format!("{}:{tag}", target.name);
-        return Err(status_error(&up.name, resp.status(), &what, || {
-            ProxyError::ManifestUnknown(format!("{what} is not in the upstream"))
-        }));
-    }
-    Ok(resp
-        .headers()
-        .get("Docker-Content-Digest")
-        .and_then(|v| v.to_str().ok()?.parse().ok()))
-}
-
-/// GETs a manifest, checks its bytes hash to `expected` (and to whatever digest the upstream
-/// claims), and stores it.
-async fn fetch(
-    app: &App,
-    target: &Target,
-    reference: &str,
-    expected: Option<&Digest>,
-    accept: &Accept,
-) -> Result<(Digest, Manifest), ProxyError> {
-    let up = &target.upstream;
-    tokio::time::timeout(
-        up.timeout,
-        fetch_inner(app, target, reference, expected, accept),
-    )
-    .await
-    .map_err(|_| {
-        ProxyError::Unavailable(format!(
-            "{}: manifest fetch took over {:?}",
-            up.name, up.timeout
-        ))
-    })?
-}
-
-async fn fetch_inner(
-    app: &App,
-    target: &Target,
-    reference: &str,
-    expected: Option<&Digest>,
-    accept: &Accept,
-) -> Result<(Digest, Manifest), ProxyError> {
-    let up = &target.upstream;
-    let what = format!("manifest {}:{reference}", target.name);
-    let resp = up
-        .send(
-            Method::GET,
-            &target.repo,
-            &format!("manifests/{reference}"),
-            Some(&accept.upstream_header()),
-        )
-        .await?;
-    if !resp.status().is_success() {
-        return Err(status_error(&up.name, resp.status(), &what, || {
-            ProxyError::ManifestUnknown(format!("{what} is not in the upstream"))
-        }));
-    }
-    let limit = app.config.server.max_manifest_size.as_u64();
-    if content_length(&resp).is_some_and(|n| n > limit) {
-        return Err(ProxyError::TooLarge(format!(
-            "{what} is larger than the {limit}-byte limit ([server] max_manifest_size)"
-        )));
-    }
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
-        .filter(|v| !v.is_empty());
-    let claimed = resp
-        .headers()
-        .get("Docker-Content-Digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes: Bytes = read_limited(resp.into_body(), limit as usize, up.read_timeout)
-        .await
-        .map_err(|e| match e {
-            ProxyError::TooLarge(_) => ProxyError::TooLarge(format!(
-                "{what} is larger than the {limit}-byte limit ([server] max_manifest_size)"
-            )),
-            e => e,
-        })?;
-    let digest = Digest::of(&bytes);
-    if let Some(expected) = expected {
-        if &digest != expected {
-            return Err(ProxyError::BadUpstream(format!(
-                "{what}: the bytes hash to {digest}, not {expected}; nothing was cached"
-            )));
-        }
-    }
-    if let Some(claimed) = claimed {
-        if claimed != digest.to_string() {
-            return Err(ProxyError::BadUpstream(format!(
-                "{what}: the upstream says {claimed} but the bytes hash to {digest}; nothing was cached"
-            )));
-        }
-    }
-    // Refused before anything is cached: a document clients could read differently.
-    let doc =
-        Document::parse(&bytes, content_type.as_deref()).map_err(gate::invalid(target, &digest))?;
-    let children = doc.all_refs();
-    let media_type = doc.media_type;
-    app.store
-        .put_manifest(&digest, &media_type, &bytes, &children)?;
-    app.store.link(&target.name, &digest)?;
-    if app.store.size() > app.config.cache.max_size.as_u64() {
-        let store = std::sync::Arc::clone(&app.store);
-        let metrics = app.metrics.clone();
-        tokio::task::spawn_blocking(move || crate::fetch::evict_if_over(&store, &metrics));
-    }
-    Ok((
-        digest,
-        Manifest {
-            media_type,
-            bytes,
-            refs: children,
-        },
-    ))
-}
-
-/// What an offline mirror says for content it does not hold.
-pub fn offline_miss(what: &str) -> ProxyError {
-    ProxyError::ManifestUnknown(format!(
-        "{what} is not held, and this mirror is offline: import it (portcullis import) first"
-    ))
 }

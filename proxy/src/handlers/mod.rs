@@ -1,14 +1,10 @@
 //! Registry routes (pull side of the OCI distribution spec): dispatch, and what every response
 //! carries.
 
-mod accept;
-mod base;
 mod blobs;
-mod evidence;
-pub mod gate;
 mod health;
-pub mod manifests;
-pub mod referrers;
+mod manifests;
+mod referrers;
 mod tags;
 
 use std::sync::Arc;
@@ -18,11 +14,11 @@ use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use portcullis_policy::NameDecision;
 
-pub use accept::Accept;
 pub use health::readiness;
 
 use crate::app::App;
 use crate::body::{full, ResponseBody};
+use crate::content::Accept;
 use crate::error::ProxyError;
 use crate::metrics::{RequestLabels, ResultLabel};
 use crate::route::{parse_path, Endpoint, Target};

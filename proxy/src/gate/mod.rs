@@ -1,7 +1,7 @@
 //! The verification gate: nothing is served unless the policy proves it.
 //!
-//! For a manifest digest, gather its evidence (`evidence.rs`: cosign `.sig`/`.att` tags and
-//! Sigstore bundles among its referrers, fetched through the same upstream client and cached like
+//! For a manifest digest, gather its evidence ([`evidence`]: cosign `.sig`/`.att` tags and
+//! Sigstore bundles among its referrers, read through [`content`](crate::content) and cached like
 //! any content), and let the policy decide; under `verify_base`, the base image too. Verdicts
 //! are cached under the policy's fingerprint; a transient upstream failure is never cached.
 //!
@@ -13,11 +13,15 @@
 
 use std::sync::Arc;
 
+mod base;
+mod evidence;
+
 use portcullis_cache::Digest;
 use portcullis_policy::{Decision, Evidence, Verdict};
 
-use super::{base, evidence, manifests, Accept, Outcome};
 use crate::app::App;
+use crate::content::manifests::invalid;
+use crate::content::{self, Accept};
 use crate::error::ProxyError;
 use crate::oci::cosign::EvidenceArtifact;
 use crate::oci::{Document, Reference};
@@ -59,30 +63,33 @@ async fn decide(
             return Ok(v);
         }
     }
-    let v = Arc::new(evaluate(app, target, digest, chain).await?);
+    let v = Arc::new(evaluate(app, target, digest, chain, None).await?);
     remember(app, key, &v)?;
     Ok(v)
 }
 
 /// Decides on a manifest afresh, whatever verdict is held, and remembers the result: for an
-/// import, whose evidence has just arrived.
+/// import, whose evidence has just arrived (and whose manifest, `bytes`, is not stored until it
+/// passed), and for `verify`.
 pub async fn redecide(
     app: &App,
     target: &Target,
     digest: &Digest,
+    bytes: Option<&[u8]>,
 ) -> Result<Arc<Verdict>, ProxyError> {
-    let v = Arc::new(evaluate(app, target, digest, &[]).await?);
+    let v = Arc::new(evaluate(app, target, digest, &[], bytes).await?);
     remember(app, verdict_key(app, &target.name, digest), &v)?;
     Ok(v)
 }
 
 /// The policy's verdict over the evidence gathered for `digest` (and its base, under
-/// `verify_base`).
+/// `verify_base`, read from `bytes` or else the manifest as content holds or fetches it).
 async fn evaluate(
     app: &App,
     target: &Target,
     digest: &Digest,
     chain: &[String],
+    bytes: Option<&[u8]>,
 ) -> Result<Verdict, ProxyError> {
     let evidence = if app.policy.rules_for(&target.name).is_empty() {
         Evidence::default() // [policy] default decides; nothing to fetch
@@ -93,7 +100,7 @@ async fn evaluate(
         .policy
         .evaluate(&target.name, &digest.to_string(), &evidence);
     if let Some(mode) = app.policy.verify_base(&target.name) {
-        base::check(app, target, digest, &mut v, mode, chain).await?;
+        base::check(app, target, digest, bytes, &mut v, mode, chain).await?;
     }
     Ok(v)
 }
@@ -228,8 +235,7 @@ pub async fn admit_evidence(
             "{what} is verification material for {subject}, which {why}"
         ))
     };
-    let mut outcome = Outcome::default();
-    match manifests::by_digest(app, target, subject, &Accept::default(), &mut outcome).await {
+    match content::by_digest(app, target, subject, &Accept::default()).await {
         Ok(_) => {}
         Err(ProxyError::ManifestUnknown(_)) => {
             return Err(refused(format!("is not a manifest in {}", target.name)))
@@ -275,15 +281,4 @@ pub fn check_blob(app: &App, target: &Target, digest: &Digest) -> Result<u64, Pr
         "blob {digest} is not referenced by any manifest of {} that passed verification; pull the image by tag or digest through portcullis first",
         target.name
     )))
-}
-
-/// Maps a manifest that cannot be read unambiguously to the error clients get, with a log line.
-pub fn invalid<'a>(
-    target: &'a Target,
-    digest: &'a Digest,
-) -> impl Fn(crate::oci::Invalid) -> ProxyError + 'a {
-    move |e| {
-        tracing::warn!(name = %target.name, %digest, error = %e, "manifest refused");
-        ProxyError::ManifestInvalid(format!("{}@{digest}: {e}", target.name))
-    }
 }

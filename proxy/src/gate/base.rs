@@ -10,8 +10,8 @@ use portcullis_cache::Digest;
 use portcullis_policy::{Mode, NameDecision, Verdict};
 use serde::Deserialize;
 
-use super::{gate, manifests, Accept, Outcome};
 use crate::app::App;
+use crate::content::{self, Accept};
 use crate::error::ProxyError;
 use crate::route::{parse_digest, Target};
 
@@ -39,14 +39,23 @@ pub async fn check(
     app: &App,
     target: &Target,
     digest: &Digest,
+    bytes: Option<&[u8]>,
     v: &mut Verdict,
     mode: Mode,
     chain: &[String],
 ) -> Result<(), ProxyError> {
-    let Some(manifest) = app.store.manifest(digest)? else {
-        return Ok(());
+    // The manifest itself, never "none held, so no base": a base must not be skipped.
+    let held;
+    let bytes = match bytes {
+        Some(b) => b,
+        None => {
+            held = content::by_digest(app, target, digest, &Accept::default())
+                .await?
+                .0;
+            &held.bytes[..]
+        }
     };
-    let Some((name, base_digest)) = base_of(&manifest.bytes) else {
+    let Some((name, base_digest)) = base_of(bytes) else {
         return Ok(());
     };
     let mut chain = chain.to_vec();
@@ -91,13 +100,6 @@ async fn base_verdict(
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
         return deny(why);
     }
-    manifests::by_digest(
-        app,
-        &target,
-        &digest,
-        &Accept::default(),
-        &mut Outcome::default(),
-    )
-    .await?;
-    Ok((*gate::verdict_in(app, &target, &digest, chain).await?).clone())
+    content::by_digest(app, &target, &digest, &Accept::default()).await?;
+    Ok((*super::verdict_in(app, &target, &digest, chain).await?).clone())
 }

@@ -6,19 +6,16 @@
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http::Method;
-use std::io::Read as _;
 
-use portcullis_cache::{Blob, Digest};
+use portcullis_cache::Digest;
 use portcullis_policy::{AttestationLayer, Evidence, SignatureLayer, BUNDLE_MEDIA_TYPE_PREFIX};
 
-use super::{manifests, referrers, Accept, Outcome};
 use crate::app::App;
+use crate::content::{self, referrers, Accept};
 use crate::error::ProxyError;
 use crate::oci::cosign::{self, EvidenceArtifact, Material, MAX_EVIDENCE_BLOB};
 use crate::oci::{Document, Reference};
 use crate::route::Target;
-use crate::upstream::{read_limited, status_error};
 
 /// At most this many layers of one artifact, and this many bundles of one subject, are looked at.
 const MAX_ITEMS: usize = 32;
@@ -49,10 +46,8 @@ async fn legacy(
     suffix: &str,
 ) -> Result<(Vec<SignatureLayer>, Vec<AttestationLayer>), ProxyError> {
     let tag = format!("{}.{suffix}", digest.tag_form());
-    let mut outcome = Outcome::default();
-    let m = match manifests::resolve_tag(app, target, &tag, &Accept::default(), &mut outcome).await
-    {
-        Ok((_, m)) => m,
+    let m = match content::resolve_tag(app, target, &tag, &Accept::default()).await {
+        Ok((_, m, _)) => m,
         Err(ProxyError::ManifestUnknown(_)) => return Ok(Default::default()),
         Err(ProxyError::ManifestInvalid(why)) => {
             tracing::warn!(name = %target.name, tag, why, "ignoring an unreadable signature artifact");
@@ -106,7 +101,7 @@ fn artifact_of(
 /// The Sigstore bundles among `digest`'s referrers: each artifact manifest fetched by digest,
 /// and its bundle layers.
 async fn bundles(app: &App, target: &Target, digest: &Digest) -> Result<Vec<Vec<u8>>, ProxyError> {
-    let index = referrers::referrers(app, target, digest).await?;
+    let (index, _) = referrers::referrers(app, target, digest).await?;
     let wanted = index
         .manifests
         .iter()
@@ -130,13 +125,11 @@ async fn one_bundle(
     subject: &Digest,
     artifact: &Digest,
 ) -> Result<Vec<Vec<u8>>, ProxyError> {
-    let mut outcome = Outcome::default();
-    let m =
-        match manifests::by_digest(app, target, artifact, &Accept::default(), &mut outcome).await {
-            Ok(m) => m,
-            Err(ProxyError::ManifestInvalid(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
+    let m = match content::by_digest(app, target, artifact, &Accept::default()).await {
+        Ok((m, _)) => m,
+        Err(ProxyError::ManifestInvalid(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let Some((_, found)) = artifact_of(&m, None, target) else {
         return Ok(Vec::new());
     };
@@ -144,15 +137,12 @@ async fn one_bundle(
         tracing::warn!(name = %target.name, %artifact, %subject, "ignoring a referrer whose subject is another manifest");
         return Ok(Vec::new());
     }
-    let layers: Vec<&(Reference, Material)> = found
+    // Every blob, the config too, so that the whole artifact is cached for export.
+    let blobs = fetch_all(app, target, &found, found.blobs.iter().take(MAX_ITEMS + 1)).await?;
+    Ok(found
         .blobs
         .iter()
         .filter(|(_, m)| *m == Material::Bundle)
-        .take(MAX_ITEMS)
-        .collect();
-    let blobs = fetch_all(app, target, &found, layers.iter().copied()).await?;
-    Ok(layers
-        .iter()
         .filter_map(|(r, _)| blobs.get(&r.digest).map(|b| b.to_vec()))
         .collect())
 }
@@ -212,8 +202,8 @@ pub async fn material(
     Ok(blobs.iter().map(|(r, _)| r.clone()).collect())
 }
 
-/// A small blob, from the cache or the upstream: at most [`MAX_EVIDENCE_BLOB`] bytes, checked
-/// against its digest and size, and parsed as `material` before it is cached.
+/// A blob of an evidence artifact: at most [`MAX_EVIDENCE_BLOB`] bytes, of its declared size,
+/// hash-checked, and parsed as `material` before it is cached.
 async fn payload(
     app: &App,
     target: &Target,
@@ -221,65 +211,15 @@ async fn payload(
     r: &Reference,
     material: Material,
 ) -> Result<Bytes, ProxyError> {
-    let digest = &r.digest;
-    let what = format!("signature artifact blob {}@{digest}", target.name);
-    if r.size > MAX_EVIDENCE_BLOB {
-        return Err(ProxyError::Denied(format!(
-            "{what} declares {} bytes: verification material is at most {MAX_EVIDENCE_BLOB}",
-            r.size
-        )));
-    }
-    let checked = |bytes: Bytes| {
-        if bytes.len() as u64 != r.size {
-            return Err(ProxyError::Denied(format!(
-                "{what} is {} bytes, not the {} its descriptor says",
-                bytes.len(),
-                r.size
-            )));
-        }
-        artifact.check(material, &bytes).map_err(|why| {
+    let check = |bytes: &[u8]| {
+        artifact.check(material, bytes).map_err(|why| {
             ProxyError::Denied(format!(
-                "{what} is listed as {material:?} but is not: {why}"
+                "signature artifact blob {}@{} is listed as {material:?} but is not: {why}",
+                target.name, r.digest
             ))
-        })?;
-        Ok(bytes)
+        })
     };
-    match app.store.blob(digest)? {
-        Some(Blob::Memory(bytes)) => return checked(bytes),
-        Some(Blob::File { mut file, size }) if size <= MAX_EVIDENCE_BLOB => {
-            let mut buf = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut buf)
-                .map_err(|e| ProxyError::Internal(format!("reading cached {digest}: {e}")))?;
-            return checked(buf.into());
-        }
-        Some(_) => return checked(Bytes::new()),
-        None => {}
-    }
-    if app.offline() {
-        return Err(ProxyError::BlobUnknown(format!(
-            "{what} is not held, and this mirror is offline"
-        )));
-    }
-    let up = &target.upstream;
-    let resp = up
-        .send(Method::GET, &target.repo, &format!("blobs/{digest}"), None)
-        .await?;
-    if !resp.status().is_success() {
-        return Err(status_error(&up.name, resp.status(), &what, || {
-            ProxyError::BadUpstream(format!("{what} is listed but missing upstream"))
-        }));
-    }
-    let bytes = read_limited(resp.into_body(), r.size as usize, up.read_timeout).await?;
-    let actual = Digest::of(&bytes);
-    if &actual != digest {
-        return Err(ProxyError::BadUpstream(format!(
-            "{what}: the bytes hash to {actual}; nothing was cached"
-        )));
-    }
-    let bytes = checked(bytes)?;
-    let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
-    w.write(bytes.clone())?;
-    w.commit()?;
-    app.store.link(&target.name, digest)?;
+    let (bytes, _) =
+        content::blobs::small(app, target, &r.digest, r.size, MAX_EVIDENCE_BLOB, check).await?;
     Ok(bytes)
 }

@@ -1,0 +1,80 @@
+//! Small blobs read whole (signature payloads, envelopes, bundles, artifact configs): from the
+//! store, else from the upstream, capped at the size their descriptor gives, hash-checked, and
+//! cached only once the caller's `check` (what the bytes must be) has passed.
+
+use std::io::Read as _;
+
+use bytes::Bytes;
+use http::Method;
+use portcullis_cache::{Blob, Digest};
+
+use super::Obtained;
+use crate::app::App;
+use crate::error::ProxyError;
+use crate::route::Target;
+use crate::upstream::{read_limited, status_error};
+
+/// The blob `digest` of exactly `size` bytes (at most `max`), once `check` accepts it.
+pub async fn small(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    size: u64,
+    max: u64,
+    check: impl Fn(&[u8]) -> Result<(), ProxyError>,
+) -> Result<(Bytes, Obtained), ProxyError> {
+    let what = format!("blob {}@{digest}", target.name);
+    if size > max {
+        return Err(ProxyError::Denied(format!(
+            "{what} declares {size} bytes, more than the {max} read whole"
+        )));
+    }
+    let checked = |bytes: Bytes| {
+        if bytes.len() as u64 != size {
+            return Err(ProxyError::Denied(format!(
+                "{what} is {} bytes, not the {size} its descriptor says",
+                bytes.len()
+            )));
+        }
+        check(&bytes)?;
+        Ok(bytes)
+    };
+    match app.store.blob(digest)? {
+        Some(Blob::Memory(bytes)) => return Ok((checked(bytes)?, Obtained::Hit)),
+        Some(Blob::File { mut file, size }) if size <= max => {
+            let mut buf = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut buf)
+                .map_err(|e| ProxyError::Internal(format!("reading cached {digest}: {e}")))?;
+            return Ok((checked(buf.into())?, Obtained::Hit));
+        }
+        Some(_) => return Ok((checked(Bytes::new())?, Obtained::Hit)),
+        None => {}
+    }
+    if app.offline() {
+        return Err(ProxyError::BlobUnknown(format!(
+            "{what} is not held, and this mirror is offline"
+        )));
+    }
+    let up = &target.upstream;
+    let resp = up
+        .send(Method::GET, &target.repo, &format!("blobs/{digest}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(status_error(&up.name, resp.status(), &what, || {
+            ProxyError::BadUpstream(format!("{what} is listed but missing upstream"))
+        }));
+    }
+    let bytes = read_limited(resp.into_body(), size as usize, up.read_timeout).await?;
+    let actual = Digest::of(&bytes);
+    if &actual != digest {
+        return Err(ProxyError::BadUpstream(format!(
+            "{what}: the bytes hash to {actual}; nothing was cached"
+        )));
+    }
+    let bytes = checked(bytes)?;
+    let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
+    w.write(bytes.clone())?;
+    w.commit()?;
+    app.store.link(&target.name, digest)?;
+    Ok((bytes, Obtained::Miss))
+}
