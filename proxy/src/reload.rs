@@ -1,5 +1,5 @@
 //! Hot reload: SIGHUP, or a change of the config file or of the TLS files (polled), builds a new
-//! [`App`] on the same cache and swaps it in. A configuration that fails validation is rejected
+//! [`App`](crate::App) on the same cache and swaps it in. A configuration that fails validation is rejected
 //! with a log line, and the one in force stays.
 
 use std::path::{Path, PathBuf};

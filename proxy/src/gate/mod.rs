@@ -1,7 +1,7 @@
 //! The verification gate: nothing is served unless the policy proves it.
 //!
-//! For a manifest digest, gather its evidence ([`evidence`]: cosign `.sig`/`.att` tags and
-//! Sigstore bundles among its referrers, read through [`content`](crate::content) and cached like
+//! For a manifest digest, gather its evidence (`evidence`: cosign `.sig`/`.att` tags and
+//! Sigstore bundles among its referrers, read through [`content`] and cached like
 //! any content), and let the policy decide; under `verify_base`, the base image too. Verdicts
 //! are cached under the policy's fingerprint; a transient upstream failure is never cached.
 //!

@@ -1,6 +1,6 @@
 //! Manifests and indexes, read strictly into `oci-spec`'s types.
 //!
-//! Before the typed parse, [`strict`](super::strict) refuses duplicate and case-folded keys;
+//! Before the typed parse, [`strict`] refuses duplicate and case-folded keys;
 //! after it, the shape must agree with every media type that names it (the document's own
 //! `mediaType` and the `Content-Type` it came with): a document that is both an index and a
 //! manifest, or that one client would read as an index and another as a manifest, is refused
