@@ -37,8 +37,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=benches/e2e/lib.sh
+source "$HERE/lib.sh"
 for tool in docker-registry wrk curl sha256sum "$NGINX"; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y docker-registry nginx wrk)"
 done
@@ -46,37 +46,6 @@ if [[ "$SKIP_PORTCULLIS" != 1 && ! -x "$PORTCULLIS_BIN" ]]; then
   die "$PORTCULLIS_BIN not found: cargo build --release -p portcullis, or set SKIP_PORTCULLIS=1"
 fi
 
-USED_PORTS=" "  # free_port: a port on 127.0.0.1 that nothing answers on and not handed out yet
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 40000))
-    [[ "$USED_PORTS" == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return; fi
-  done
-}
-# start NAME CMD...: run in the background, logs in $T/NAME.log, pid in PID_<NAME>.
-start() {
-  local name=$1; shift
-  "$@" >"$T/$name.log" 2>&1 &
-  PIDS+=($!); printf -v "PID_$name" '%s' "$!"
-}
-stop() {
-  local v="PID_$1" p keep=()
-  kill "${!v}" 2>/dev/null || true; wait "${!v}" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do [[ "$p" == "${!v}" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-# wait_ready NAME URL: poll until GET URL answers 200 (30 s), failing early if NAME died.
-wait_ready() {
-  local v="PID_$1" i
-  for i in $(seq 300); do
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' "$2" || true)" == 200 ]] && return 0
-    kill -0 "${!v}" 2>/dev/null || { tail -20 "$T/$1.log" >&2; die "$1 exited during start"; }
-    sleep 0.1
-  done
-  tail -20 "$T/$1.log" >&2; die "$1 not ready at $2"
-}
 # timed_get URL SIZE: one GET to /dev/null; prints time_total, checks status 200 and the size.
 timed_get() {
   local code size t
@@ -142,23 +111,6 @@ settle() { # distribution proxy commits in the background after answering: wait 
   for i in $(seq 600); do [[ -f "$f" && "$(stat -c %s "$f")" == "$3" ]] && return 0; sleep 0.1; done
   die "distribution proxy never stored $2"
 }
-registry_config() { # registry_config ROOTDIR PORT [REMOTEURL]
-  cat <<EOF
-version: 0.1
-log: {level: info, accesslog: {disabled: false}}
-storage: {filesystem: {rootdirectory: $1}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$2}
-EOF
-  if [[ -n "${3:-}" ]]; then echo "proxy: {remoteurl: $3}"; fi
-}
-push_blob() { # push_blob FILE DIGEST: monolithic upload to the upstream
-  local loc
-  loc="$(curl -sS --fail -X POST -D - -o /dev/null "$UP/v2/$REPO/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')"
-  [[ "$loc" == http* ]] || loc="$UP$loc"
-  [[ "$loc" == *\?* ]] && loc+="&digest=$2" || loc+="?digest=$2"
-  curl -sS --fail -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$1" "$loc"
-}
-digest_of() { echo "sha256:$(sha256sum "$1" | cut -d' ' -f1)"; }
 
 setup_upstream() {
   UP_PORT="$(free_port)"; UP="http://127.0.0.1:$UP_PORT"

@@ -25,7 +25,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PORTCULLIS_BIN="${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-release}/release/portcullis}"
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}/release/portcullis}"
 OUT="${OUT:-$HERE/slow-upstream.md}"
 RATE="${RATE:-30m}"
 MODES="${MODES-verify-first stream}"
@@ -51,8 +51,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=benches/e2e/lib.sh
+source "$HERE/lib.sh"
 for tool in docker-registry curl tar sha256sum skopeo containerd ctr timeout "$NGINX"; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y docker-registry nginx skopeo containerd)"
 done
@@ -60,62 +60,6 @@ done
 # No client may reach 127.0.0.1 through a proxy.
 unset HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY http_proxy https_proxy all_proxy no_proxy
 
-# free_port: a port on 127.0.0.1 that nothing answers on, no socket uses, and not handed out yet.
-# Below the kernel's ephemeral range: a port some outgoing connection holds as its local port
-# answers nothing, but cannot be bound (this run opens and closes many connections).
-USED_PORTS=" "
-EPHEMERAL_MIN="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-free_port() {
-  local p
-  while :; do
-    p=$((10000 + RANDOM % (EPHEMERAL_MIN - 10000)))
-    [[ "$USED_PORTS" == *" $p "* ]] && continue
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-    [[ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]] || continue
-    USED_PORTS+="$p "; echo "$p"; return
-  done
-}
-# start NAME CMD...: run in the background, logs in $T/NAME.log, pid in PID_<NAME>.
-start() {
-  local name=$1; shift
-  "$@" >"$T/$name.log" 2>&1 &
-  PIDS+=($!); printf -v "PID_$name" '%s' "$!"
-}
-stop() {
-  local v="PID_$1" p keep=()
-  kill "${!v}" 2>/dev/null || true
-  # dockerd and containerd take a moment to shut down; give them 20 s before SIGKILL.
-  for _ in $(seq 200); do kill -0 "${!v}" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "${!v}" 2>/dev/null || true; wait "${!v}" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do [[ "$p" == "${!v}" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-# wait_ready NAME URL: poll until GET URL answers 200 (30 s), failing early if NAME died.
-wait_ready() {
-  local v="PID_$1"
-  for _ in $(seq 300); do
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' "$2" || true)" == 200 ]] && return 0
-    kill -0 "${!v}" 2>/dev/null || { tail -20 "$T/$1.log" >&2; die "$1 exited during start"; }
-    sleep 0.1
-  done
-  tail -20 "$T/$1.log" >&2; die "$1 not ready at $2"
-}
-registry_config() { # registry_config ROOTDIR PORT
-  cat <<EOF
-version: 0.1
-log: {level: info, accesslog: {disabled: false}}
-storage: {filesystem: {rootdirectory: $1}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$2}
-EOF
-}
-push_blob() { # push_blob FILE DIGEST: monolithic upload to the upstream, streamed from the file
-  local loc
-  loc="$(curl -sS --fail -X POST -D - -o /dev/null "$UP/v2/$REPO/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')"
-  [[ "$loc" == http* ]] || loc="$UP$loc"
-  [[ "$loc" == *\?* ]] && loc+="&digest=$2" || loc+="?digest=$2"
-  curl -sS --fail -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -T "$1" "$loc"
-}
-digest_of() { echo "sha256:$(sha256sum "$1" | cut -d' ' -f1)"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="${2:-$(now)}" 'BEGIN {printf "%.2f", b - a}'; }
 hwm_mib() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo '?'; }
