@@ -10,11 +10,12 @@
 //! joins it at the gate:
 //!
 //! ```text
-//! server (listeners, TLS, request log) -> handlers -> gate -> content -> upstream / cache
+//! server (listeners, TLS) -> stack (layers) -> handlers -> gate -> content -> upstream / cache
 //!                                   verify, airgap ---^        ^--- oci (strict reader)
 //! ```
-//! - [`server`], [`tls`], [`log`], [`auth`]: the listeners, HTTPS, the request log, clients'
-//!   credentials; [`route`]: request paths, name validation, routing to upstreams.
+//! - [`server`], [`tls`]: the listeners and HTTPS; [`stack`]: the request path as ordered tower
+//!   layers (log, configuration snapshot, probes, metrics, headers, authentication, route and
+//!   admit); [`auth`]: clients' credentials; [`route`]: request paths, name validation, routing to upstreams.
 //! - [`handlers`]: the registry routes, thin: parse, call the gate and content, map errors.
 //! - [`gate`]: the verification gate: evidence from every source, the verdict (`verify_base`
 //!   included), blob gates, verification material admitted for a subject that passed.
@@ -39,12 +40,12 @@ pub mod fetch;
 pub mod gate;
 pub mod handlers;
 pub mod linger;
-pub mod log;
 pub mod metrics;
 pub mod oci;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod stack;
 pub mod tls;
 pub mod upstream;
 pub mod verify;

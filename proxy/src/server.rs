@@ -17,13 +17,10 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
 
 use crate::app::App;
 use crate::body::{full, ResponseBody};
-use crate::handlers::handle;
 use crate::linger::Lingerers;
-use crate::log::LogLayer;
 use crate::tls::Tls;
 
 /// The configuration in force, swapped whole on reload.
@@ -47,14 +44,7 @@ pub async fn serve_state(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let service = ServiceBuilder::new()
-        // One log line per request, with what the handler learnt.
-        .layer(LogLayer)
-        .service_fn(move |req| {
-            // Each request sees one whole configuration, whatever reloads happen meanwhile.
-            let app = state.load_full();
-            async move { Ok::<_, Infallible>(handle(app, req).await) }
-        });
+    let service = crate::stack::service(state);
     let graceful = GracefulShutdown::new();
     let lingerers = Lingerers::new();
     let builder = auto::Builder::new(TokioExecutor::new());

@@ -1,8 +1,9 @@
-//! Registry routes (pull side of the OCI distribution spec): dispatch, and what every response
-//! carries.
+//! Registry routes (pull side of the OCI distribution spec), below the request stack
+//! ([`crate::stack`]): each handler parses what is left of the request, calls the gate and the
+//! content layer, and maps errors; the [`Outcome`] it fills is what the log and metrics report.
 
 mod blobs;
-mod health;
+pub(crate) mod health;
 mod manifests;
 mod referrers;
 mod tags;
@@ -10,9 +11,8 @@ mod tags;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use portcullis_policy::NameDecision;
 
 pub use health::readiness;
 
@@ -20,8 +20,8 @@ use crate::app::App;
 use crate::body::{full, ResponseBody};
 use crate::content::Accept;
 use crate::error::ProxyError;
-use crate::metrics::{RequestLabels, ResultLabel};
-use crate::route::{parse_path, Endpoint, Target};
+use crate::route::Endpoint;
+use crate::stack::Routed;
 
 /// What the request log says about a request, filled in as it is handled.
 #[derive(Debug, Clone, Default)]
@@ -33,73 +33,54 @@ pub struct Outcome {
     pub ns: Option<String>,
     /// hit, miss, joined (single-flight), stale, or none.
     pub cache: &'static str,
-    pub bytes: Option<u64>,
     /// base, manifest, blob, tags, referrers, other: the metrics label.
     pub route: &'static str,
     /// The verdict's decision, for manifests.
     pub verdict: Option<&'static str>,
 }
 
-/// Handles one request. Never fails: errors become OCI error JSON here.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let head = req.method() == Method::HEAD;
-    match req.uri().path() {
-        "/healthz" => return health::live(),
-        "/readyz" => return health::ready(&app),
-        _ => {}
+/// The response's [`Outcome`], created empty if no one recorded one yet.
+pub fn outcome(resp: &mut Response<ResponseBody>) -> &mut Outcome {
+    if resp.extensions().get::<Outcome>().is_none() {
+        resp.extensions_mut().insert(Outcome {
+            cache: "none",
+            route: "other",
+            ..Outcome::default()
+        });
     }
-    let mut outcome = Outcome {
+    resp.extensions_mut()
+        .get_mut::<Outcome>()
+        .expect("inserted above")
+}
+
+/// Handles one request that the stack ([`crate::stack`]) pinned, authenticated, routed and
+/// admitted. Never fails: errors become OCI error JSON here.
+pub async fn handle(req: Request<Incoming>) -> Response<ResponseBody> {
+    let app = crate::stack::app(&req);
+    let routed = req
+        .extensions()
+        .get::<Routed>()
+        .cloned()
+        .expect("the route layer runs before the handler");
+    let mut o = Outcome {
         cache: "none",
         route: "other",
         ..Outcome::default()
     };
-    let query = Query::parse(req.uri().query());
-    outcome.ns = query.ns.clone();
-    let mut resp = match dispatch(&app, &req, &query, &mut outcome).await {
+    let head = routed.head;
+    let mut resp = match dispatch(&app, &req, &routed, &mut o).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(head),
     };
-    let h = resp.headers_mut();
-    h.insert(
-        "Docker-Distribution-API-Version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-    if let Some(ns) = query
-        .ns
-        .as_deref()
-        .and_then(|ns| HeaderValue::from_str(ns).ok())
-    {
-        h.insert("OCI-Namespace", ns);
-    }
-    outcome.bytes = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    record(&app, &outcome, resp.status().as_u16(), head);
-    resp.extensions_mut().insert(outcome);
+    let kept = outcome(&mut resp);
+    kept.reference = o.reference;
+    kept.cache = o.cache;
+    kept.verdict = o.verdict;
     resp
 }
 
-fn record(app: &App, o: &Outcome, status: u16, head: bool) {
-    let m = &app.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
-            route: o.route,
-            status,
-            upstream: o.upstream.clone().unwrap_or_default(),
-        })
-        .inc();
-    if o.cache != "none" {
-        m.cache
-            .get_or_create(&ResultLabel { result: o.cache })
-            .inc();
-    }
-    if !head && status < 300 {
-        m.served_bytes.inc_by(o.bytes.unwrap_or(0));
-    }
-}
-
 /// The query parameters registries use.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Query {
     pub ns: Option<String>,
     pub n: Option<String>,
@@ -109,7 +90,7 @@ pub struct Query {
 }
 
 impl Query {
-    fn parse(query: Option<&str>) -> Query {
+    pub fn parse(query: Option<&str>) -> Query {
         let mut q = Query::default();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
@@ -127,34 +108,12 @@ impl Query {
 async fn dispatch(
     app: &Arc<App>,
     req: &Request<Incoming>,
-    query: &Query,
+    routed: &Routed,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        ref m => {
-            return Err(ProxyError::MethodNotAllowed(format!(
-                "{m} is not supported: portcullis is a read-only pull-through proxy"
-            )))
-        }
-    };
-    // Authentication first: nothing, not even a route lookup, for an unknown client.
-    let user = match &app.auth {
-        Some(auth) => Some(auth.authenticate(req.headers()).ok_or_else(|| {
-            ProxyError::Unauthorized("send basic credentials or a bearer token".into())
-        })?),
-        None => None,
-    };
-    let (client_name, endpoint) = parse_path(req.uri().path())?;
-    outcome.route = match endpoint {
-        Endpoint::Base => "base",
-        Endpoint::Manifest(_) => "manifest",
-        Endpoint::Blob(_) => "blob",
-        Endpoint::Tags => "tags",
-        Endpoint::Referrers(_) => "referrers",
-    };
-    if endpoint == Endpoint::Base {
+    let head = routed.head;
+    let Some(target) = &routed.target else {
+        // `/v2/`: the API is here (and the client's credentials, if any, were good).
         let mut resp = Response::new(if head {
             full(Bytes::new())
         } else {
@@ -167,25 +126,13 @@ async fn dispatch(
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(2));
         return Ok(resp);
-    }
-    let target = app.router.route(&client_name, query.ns.as_deref())?;
-    if let (Some(auth), Some(user)) = (&app.auth, &user) {
-        if !auth.allows(user, &target.name) {
-            return Err(ProxyError::Denied(format!(
-                "user {user:?} may not pull {}: no [[auth.grant]] gives it",
-                target.name
-            )));
-        }
-    }
-    outcome.name = Some(target.name.clone());
-    outcome.upstream = Some(target.upstream.name.clone());
-    admit(app, &target)?;
-    match endpoint {
-        Endpoint::Base => unreachable!("answered above"),
+    };
+    match &routed.endpoint {
+        Endpoint::Base => unreachable!("answered above: the base endpoint has no target"),
         Endpoint::Manifest(reference) => {
             outcome.reference = Some(reference.to_string());
             let accept = Accept::from_headers(req.headers());
-            manifests::serve(app, &target, &reference, &accept, head, outcome).await
+            manifests::serve(app, target, reference, &accept, head, outcome).await
         }
         Endpoint::Blob(digest) => {
             outcome.reference = Some(digest.to_string());
@@ -193,30 +140,13 @@ async fn dispatch(
                 .headers()
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok());
-            blobs::serve(app, &target, &digest, range, head, outcome).await
+            blobs::serve(app, target, digest, range, head, outcome).await
         }
-        Endpoint::Tags => tags::serve(app, &target, query, head).await,
+        Endpoint::Tags => tags::serve(app, target, &routed.query, head).await,
         Endpoint::Referrers(subject) => {
             outcome.reference = Some(subject.to_string());
-            let filter = query.artifact_type.as_deref();
-            referrers::serve(app, &target, &subject, filter, head, outcome).await
+            let filter = routed.query.artifact_type.as_deref();
+            referrers::serve(app, target, subject, filter, head, outcome).await
         }
-    }
-}
-
-/// The allow-list and deny-list, before any upstream traffic. A name that no rule covers and
-/// that `[policy] default = "deny"` refuses is also refused here, before any upstream traffic.
-fn admit(app: &App, target: &Target) -> Result<(), ProxyError> {
-    match app.policy.names.check(&target.name) {
-        NameDecision::Refused(why) => Err(ProxyError::Denied(why)),
-        NameDecision::Allowed(portcullis_policy::DefaultAction::Deny)
-            if app.policy.rules_for(&target.name).is_empty() =>
-        {
-            let v = app
-                .policy
-                .evaluate(&target.name, "<digest>", &Default::default());
-            Err(ProxyError::Denied(v.message))
-        }
-        NameDecision::Allowed(_) => Ok(()),
     }
 }
