@@ -8,8 +8,8 @@ use portcullis_testkit::{
     manifest_digest_in_registry, push, require_tools, tempdir, FaultServer, Image, Proxy, Registry,
 };
 
-use crate::layout::{blob_path, read_json};
-use crate::run::{os, portcullis, Run};
+use super::layout::{blob_path, read_json};
+use super::run::{os, portcullis, Run};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 

@@ -7,7 +7,7 @@ use portcullis_testkit::{
     config_for, push, require_tools, skopeo_copy, tempdir, Image, Proxy, Registry,
 };
 
-use crate::support::{kill_signal, BIN};
+use super::support::{kill_signal, BIN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_log_lines_are_json_with_request_fields() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use portcullis_testkit::{Fault, FaultServer};
 
-use crate::support::{Instance, Mirrored};
+use super::support::{Instance, Mirrored};
 
 /// Mirrors `keyed/app:v1`, exports it to a dir and imports it into a fresh offline instance
 /// (whose counting upstream is returned too, to keep it listening).

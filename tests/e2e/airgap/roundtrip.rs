@@ -5,8 +5,8 @@ use portcullis_testkit::{
     Image,
 };
 
-use crate::layout::files;
-use crate::support::World;
+use super::layout::files;
+use super::support::World;
 
 #[test]
 fn mirror_to_tar_import_offline_and_serve_skopeo_and_containerd_without_upstream() {

@@ -17,8 +17,8 @@ use portcullis_testkit::{
     manifest_digest_in_registry, push, require_tools, tempdir, Containerd, Image, Proxy, Registry,
 };
 
-use crate::pki::Pki;
-use crate::support::*;
+use super::pki::Pki;
+use super::support::*;
 
 #[test]
 fn podman_pulls_over_tls_with_cert_dir() {
@@ -714,10 +714,11 @@ impl Drop for NetNs {
     }
 }
 
-/// Runs the test `name` of this binary again inside a network namespace of its own, where only
-/// loopback exists, and a mount namespace of its own, where `/etc/hosts` says
-/// registry-1.docker.io is 127.0.0.1; panics with its output unless it passes. So Docker's
-/// fallback to the real Hub reaches a local registry, and firewall rules touch nothing outside.
+/// Runs the test `name` of this module again (this binary, `--exact operations::clients::NAME`)
+/// inside a network namespace of its own, where only loopback exists, and a mount namespace of
+/// its own, where `/etc/hosts` says registry-1.docker.io is 127.0.0.1; panics with its output
+/// unless it passes. So Docker's fallback to the real Hub reaches a local registry, and firewall
+/// rules touch nothing outside.
 fn run_in_netns(name: &str) {
     let ns = NetNs(format!("portcullis-{}", std::process::id()));
     run(Command::new("ip").args(["netns", "add", &ns.0]));
@@ -742,7 +743,9 @@ fn run_in_netns(name: &str) {
             ])
             .arg(hosts.path())
             .arg(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .arg("--exact")
+            .arg(test_path(name))
+            .args(["--nocapture", "--test-threads=1"])
             .env(IN_NETNS, &ns.0),
     );
     for line in out.stderr.lines().filter(|l| l.starts_with("docker pull")) {
@@ -755,6 +758,13 @@ fn run_in_netns(name: &str) {
         out.stdout,
         out.stderr
     );
+}
+
+/// `name`'s path as libtest lists it: this module's path without the crate's name.
+fn test_path(name: &str) -> String {
+    let module = module_path!();
+    let module = module.split_once("::").map_or(module, |(_, m)| m);
+    format!("{module}::{name}")
 }
 
 /// Accepts on `listen` and relays each connection to `to`, on threads, until the process ends.
@@ -851,9 +861,7 @@ fn docker_engine_falls_back_around_a_denial_unless_egress_is_closed() {
             exec(Command::new("nft").arg("--version")).ok,
             "nft is needed: apt-get install -y nftables"
         );
-        return run_in_netns(
-            "clients::docker_engine_falls_back_around_a_denial_unless_egress_is_closed",
-        );
+        return run_in_netns("docker_engine_falls_back_around_a_denial_unless_egress_is_closed");
     }
     // From here on, inside the namespace: 127.0.0.1 is ours alone.
     require_tools();

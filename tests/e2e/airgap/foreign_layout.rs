@@ -3,8 +3,8 @@
 use portcullis_testkit::cosign::signature_tag;
 use portcullis_testkit::{skopeo_copy, Fault, FaultServer, Image};
 
-use crate::layout::{entry, files, skopeo_oci};
-use crate::support::World;
+use super::layout::{entry, files, skopeo_oci};
+use super::support::World;
 
 #[test]
 fn a_layout_written_by_skopeo_imports_with_name_and_serves_offline() {

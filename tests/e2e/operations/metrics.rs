@@ -9,8 +9,8 @@ use portcullis_testkit::{
     FaultServer, Image, Proxy, Registry,
 };
 
-use crate::prometheus::*;
-use crate::support::BIN;
+use super::prometheus::*;
+use super::support::BIN;
 
 #[test]
 fn prometheus_text_parser() {

@@ -4,8 +4,8 @@ use std::process::Command;
 
 use portcullis_testkit::{sha256_hex, skopeo_copy, Fault, FaultServer, Image};
 
-use crate::layout::{entry, read_json, ref_names, sig_name};
-use crate::support::{Mirrored, World};
+use super::layout::{entry, read_json, ref_names, sig_name};
+use super::support::{Mirrored, World};
 
 #[test]
 fn export_names_images_and_signatures_registry_repo_tag_and_blobs_match_their_names() {

@@ -12,8 +12,8 @@ use portcullis_testkit::{
 };
 use portcullis_testkit::{push_signature, simple_signing_payload, CosignKey, SigLayer};
 
-use crate::prometheus::{metrics_extra, scrape};
-use crate::support::*;
+use super::prometheus::{metrics_extra, scrape};
+use super::support::*;
 
 /// One HTTP/1.1 connection kept open across requests, to show a reload does not drop it.
 struct KeepAlive {

@@ -10,8 +10,8 @@ use portcullis_testkit::cosign::signature_tag;
 use portcullis_testkit::http;
 use portcullis_testkit::{free_port, sha256_hex, Fault, FaultServer, Image};
 
-use crate::layout::{code_and_message, skopeo_oci};
-use crate::support::{Instance, Mirrored, BIN};
+use super::layout::{code_and_message, skopeo_oci};
+use super::support::{Instance, Mirrored, BIN};
 
 /// `portcullis serve --config FILE --offline`, which [`Proxy::start`] cannot pass. Killed on drop.
 struct FlagServe {

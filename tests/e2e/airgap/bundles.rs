@@ -21,10 +21,10 @@ use portcullis_testkit::{
 };
 use serde_json::{json, Value};
 
-use crate::layout::{blob_path, copy_dir, entry, index_of, read_json, ref_names, write_index};
-use crate::layout::{sig_name, REF_NAME};
-use crate::run::Run;
-use crate::support::{Instance, World};
+use super::layout::{blob_path, copy_dir, entry, index_of, read_json, ref_names, write_index};
+use super::layout::{sig_name, REF_NAME};
+use super::run::Run;
+use super::support::{Instance, World};
 
 const ISSUER: &str = "https://issuer.test";
 const BUILDER: &str = "builder@example.test";

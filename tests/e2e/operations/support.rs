@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use portcullis_testkit::http::Response;
 use portcullis_testkit::{config_for, free_port, push, require_tools, tempdir, Image, Registry};
 
-use crate::pki::{Pki, Use};
+use super::pki::{Pki, Use};
 pub(crate) use portcullis_testkit::dir_files as files;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_portcullis");

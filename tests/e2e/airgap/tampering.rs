@@ -5,9 +5,9 @@ use std::path::Path;
 use portcullis_testkit::http;
 use portcullis_testkit::{Fault, FaultServer};
 
-use crate::layout::*;
-use crate::run::Run;
-use crate::support::{Instance, Mirrored};
+use super::layout::*;
+use super::run::Run;
+use super::support::{Instance, Mirrored};
 
 /// Imports `layout` into a fresh offline instance; returns the run, the instance and its fault.
 fn import_fresh(m: &Mirrored, sub: &str, layout: &Path) -> (Run, Instance, FaultServer) {

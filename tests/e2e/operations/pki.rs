@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::support::{exec, run};
+use super::support::{exec, run};
 
 /// What a certificate is for.
 #[derive(Clone, Copy, PartialEq)]

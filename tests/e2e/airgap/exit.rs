@@ -5,7 +5,7 @@
 
 use portcullis_testkit::{Fault, FaultServer, Image};
 
-use crate::support::World;
+use super::support::World;
 
 const RUNS: usize = 20;
 

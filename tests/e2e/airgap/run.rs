@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::BIN;
+use super::support::BIN;
 
 /// Longest a subcommand may run (a mirror of the 50 MiB image included) before it is killed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);

@@ -25,7 +25,7 @@ fn every_example_config_loads() {
 
 /// Every client config sends each registry it covers to portcullis and nowhere else: a client
 /// that falls back to the real registry after a denial would serve what portcullis refused.
-/// (`tests/operations/clients.rs` pulls through each of them with the real clients.)
+/// (`tests/e2e/operations/clients.rs` pulls through each of them with the real clients.)
 #[test]
 fn client_config_examples_name_portcullis_as_every_endpoint() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");

@@ -4,7 +4,7 @@ use std::net::TcpStream;
 
 use portcullis_testkit::{free_port, manifest_digest_in_registry, skopeo_copy, Containerd};
 
-use crate::support::*;
+use super::support::*;
 
 #[test]
 fn tls_listener_serves_skopeo_containerd_and_curl_over_h2_and_http1() {

@@ -7,8 +7,8 @@ use portcullis_testkit::http;
 use portcullis_testkit::{sha256_hex, skopeo_copy, Fault, FaultServer, Image};
 use serde_json::Value;
 
-use crate::layout::files;
-use crate::support::{World, BIN};
+use super::layout::files;
+use super::support::{World, BIN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_import_leaves_nothing_unverified_and_a_rerun_completes() {

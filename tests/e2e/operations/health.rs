@@ -5,8 +5,8 @@ use std::path::Path;
 use portcullis_testkit::http;
 use portcullis_testkit::{config_for, free_port, require_tools, tempdir, Proxy, Registry};
 
-use crate::prometheus::metrics_extra;
-use crate::support::BIN;
+use super::prometheus::metrics_extra;
+use super::support::BIN;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthz_and_readyz_on_both_listeners() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_testkit::{push, sha256_hex, Image};
 
-use crate::support::*;
+use super::support::*;
 
 /// Starts a rate-limited download of the big layer over TLS, optionally opens a TCP connection
 /// that never starts its TLS handshake, sends SIGTERM, and returns whether the download

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::pki::Use;
-use crate::support::*;
+use super::pki::Use;
+use super::support::*;
 
 #[test]
 fn client_ca_refuses_clients_without_a_certificate_it_signed_and_reloads() {

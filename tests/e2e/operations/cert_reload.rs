@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use portcullis_testkit::{config_for, push, sha256_hex, Image};
 
-use crate::pki::{served_serial, Use};
-use crate::support::*;
+use super::pki::{served_serial, Use};
+use super::support::*;
 
 #[test]
 fn certificates_reload_on_sighup_and_file_change_without_dropping_a_download() {
