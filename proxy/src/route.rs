@@ -237,9 +237,61 @@ impl Router {
     }
 }
 
+/// Splits `registry/repo[:tag][@digest]` (the tag defaults to `latest`).
+pub fn parse_image_ref(image: &str) -> Result<(String, Reference), String> {
+    if let Some((name, digest)) = image.split_once('@') {
+        let d: Digest = parse_digest(digest).map_err(|e| e.to_string())?;
+        let name = name
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or(name, |(n, _)| n);
+        return Ok((name.to_owned(), Reference::Digest(d)));
+    }
+    match split_tag(image) {
+        Some((name, tag)) => Ok((name.to_owned(), Reference::Tag(tag.to_owned()))),
+        None => Ok((image.to_owned(), Reference::Tag("latest".to_owned()))),
+    }
+}
+
+/// Splits `registry/repo:tag` at the tag's colon (one after the last `/`): `None` when there is
+/// no tag (a registry's port is no tag).
+pub fn split_tag(reference: &str) -> Option<(&str, &str)> {
+    let (name, tag) = reference.rsplit_once(':')?;
+    (!tag.contains('/') && !name.is_empty()).then_some((name, tag))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_image_references() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            parse_image_ref("127.0.0.1:5001/test/app:v1").unwrap(),
+            (
+                "127.0.0.1:5001/test/app".into(),
+                Reference::Tag("v1".into())
+            )
+        );
+        assert_eq!(
+            parse_image_ref("127.0.0.1:5001/test/app").unwrap(),
+            (
+                "127.0.0.1:5001/test/app".into(),
+                Reference::Tag("latest".into())
+            )
+        );
+        assert_eq!(
+            parse_image_ref(&format!("alpine:3@{d}")).unwrap(),
+            ("alpine".into(), Reference::Digest(d.parse().unwrap()))
+        );
+        assert!(parse_image_ref("x@sha256:nope").is_err());
+        assert_eq!(split_tag("host:5000/repo"), None);
+        assert_eq!(
+            split_tag("host:5000/repo:v1"),
+            Some(("host:5000/repo", "v1"))
+        );
+    }
 
     #[test]
     fn parses_paths() {

@@ -3,7 +3,6 @@
 //! beside a serving instance; offline, there is nothing to fetch, so it answers from the
 //! configured cache (what was imported; stop the server first, the cache is single-process).
 
-use portcullis_cache::Digest;
 use portcullis_policy::{Decision, NameDecision, Verdict};
 
 use crate::app::App;
@@ -11,25 +10,7 @@ use crate::config::Config;
 use crate::content::{self, Accept};
 use crate::error::ProxyError;
 use crate::gate;
-use crate::route::{parse_digest, Reference};
-
-/// Splits `registry/repo[:tag][@digest]` (the tag defaults to `latest`).
-pub fn parse_image_ref(image: &str) -> Result<(String, Reference), String> {
-    if let Some((name, digest)) = image.split_once('@') {
-        let d: Digest = parse_digest(digest).map_err(|e| e.to_string())?;
-        let name = name
-            .rsplit_once(':')
-            .filter(|(_, t)| !t.contains('/'))
-            .map_or(name, |(n, _)| n);
-        return Ok((name.to_owned(), Reference::Digest(d)));
-    }
-    match image.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => {
-            Ok((name.to_owned(), Reference::Tag(tag.to_owned())))
-        }
-        _ => Ok((image.to_owned(), Reference::Tag("latest".to_owned()))),
-    }
-}
+use crate::route::{parse_image_ref, Reference};
 
 /// Evaluates the policy for `image`. `Err` for a failure that is no verdict (bad reference,
 /// upstream down, unknown image).
@@ -89,33 +70,4 @@ async fn run(config: Config, image: &str) -> Result<Verdict, String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok((*verdict).clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_references() {
-        let d = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(
-            parse_image_ref("127.0.0.1:5001/test/app:v1").unwrap(),
-            (
-                "127.0.0.1:5001/test/app".into(),
-                Reference::Tag("v1".into())
-            )
-        );
-        assert_eq!(
-            parse_image_ref("127.0.0.1:5001/test/app").unwrap(),
-            (
-                "127.0.0.1:5001/test/app".into(),
-                Reference::Tag("latest".into())
-            )
-        );
-        assert_eq!(
-            parse_image_ref(&format!("alpine:3@{d}")).unwrap(),
-            ("alpine".into(), Reference::Digest(d.parse().unwrap()))
-        );
-        assert!(parse_image_ref("x@sha256:nope").is_err());
-    }
 }

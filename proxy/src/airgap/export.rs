@@ -9,9 +9,9 @@ use std::path::Path;
 use portcullis_cache::{Blob, Digest};
 
 use super::layout::{tar_dir, Descriptor, Writer, REF_NAME};
-use super::split_ref;
 use crate::app::App;
 use crate::content::referrers::{self, ReferrersIndex, INDEX_MEDIA_TYPE};
+use crate::route::split_tag;
 use crate::route::Target;
 
 /// Writes `refs` (`registry/repo:tag`) with their signatures; returns the entries written.
@@ -39,7 +39,7 @@ fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> 
     let mut w = Writer::create(dir).map_err(io)?;
     let mut written = Vec::new();
     for r in refs {
-        let (repo, tag) = split_ref(r).unwrap_or((r.as_str(), "latest"));
+        let (repo, tag) = split_tag(r).unwrap_or((r.as_str(), "latest"));
         let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
         let mut entries = vec![tag.to_owned()];
         let rec = app

@@ -15,11 +15,11 @@ use portcullis_cache::{now_ms, Digest, TagRecord};
 use portcullis_policy::{Decision, NameDecision};
 
 use super::layout::{Descriptor, Layout, REF_NAME};
-use super::split_ref;
 use crate::app::App;
 use crate::gate;
 use crate::oci::cosign::{self, is_signature_tag, EvidenceArtifact, MAX_EVIDENCE_BLOB};
 use crate::oci::{Document, Reference};
+use crate::route::split_tag;
 use crate::route::Target;
 
 /// At most this many referrers of one image are read from a layout.
@@ -78,7 +78,7 @@ pub async fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Li
         let Some(reference) = d.annotations.get(REF_NAME) else {
             continue; // unnamed entries are reachable only through a named one
         };
-        let (repo, tag) = match (split_ref(reference), name) {
+        let (repo, tag) = match (split_tag(reference), name) {
             (Some((r, t)), _) if r.contains('/') || name.is_none() => (r.to_owned(), t.to_owned()),
             (_, Some(n)) => (n.to_owned(), reference.clone()),
             _ => {

@@ -8,12 +8,12 @@ use portcullis_cache::Digest;
 use portcullis_policy::{Decision, NameDecision};
 
 use super::export::export;
-use super::split_ref;
 use crate::app::App;
 use crate::content::{self, Accept};
 use crate::fetch::Progress;
 use crate::gate;
 use crate::oci::{cosign, Document};
+use crate::route::split_tag;
 use crate::route::Target;
 use crate::upstream::read_limited;
 
@@ -55,7 +55,7 @@ pub async fn mirror(app: &App, out: &Path) -> Result<(Vec<String>, bool), String
 
 /// `registry/repo:v1.*`: a glob over the repository's tags, listed upstream.
 async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
-    let (repo, tag) = split_ref(image).unwrap_or((image, "latest"));
+    let (repo, tag) = split_tag(image).unwrap_or((image, "latest"));
     if !tag.contains(['*', '?', '[']) {
         return Ok(vec![image.to_owned()]);
     }
@@ -107,7 +107,7 @@ async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
 }
 
 async fn pull(app: &App, image: &str) -> Result<String, String> {
-    let (repo, tag) = split_ref(image).unwrap_or((image, "latest"));
+    let (repo, tag) = split_tag(image).unwrap_or((image, "latest"));
     let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
         return Err(why);

@@ -11,9 +11,3 @@ pub mod export;
 pub mod import;
 pub mod layout;
 pub mod mirror;
-
-/// Splits `registry/repo:tag` at the tag's colon (one after the last `/`).
-pub fn split_ref(reference: &str) -> Option<(&str, &str)> {
-    let (name, tag) = reference.rsplit_once(':')?;
-    (!tag.contains('/') && !name.is_empty()).then_some((name, tag))
-}

@@ -79,7 +79,7 @@ async fn base_verdict(
     digest: &str,
     chain: &[String],
 ) -> Result<Verdict, ProxyError> {
-    let (name, _) = crate::verify::parse_image_ref(name)
+    let (name, _) = crate::route::parse_image_ref(name)
         .map_err(|e| ProxyError::NameInvalid(name.to_owned(), e))?;
     let digest = parse_digest(digest)?;
     let target = app.router.route(&name, None)?;
