@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use portcullis_policy::{NamePolicyConfig, Policy, RuleConfig, TrustConfig, BUILTIN_PUBLIC_GOOD};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The configuration used when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -31,7 +31,9 @@ pub struct Config {
     /// `[[rule]]`s: who must have signed which images.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
-    /// `[auth]`: require client credentials (optional).
+    /// `[auth]`: require client credentials (optional). Not written by `Serialize` (its types
+    /// do not implement it yet): whoever writes a config out writes this table itself.
+    #[serde(skip_serializing)]
     pub auth: Option<crate::auth::AuthConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -43,19 +45,20 @@ pub struct Config {
 }
 
 /// `[[mirror]]`: images for the connected side of an air gap.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// `registry/repository:tag` references.
     pub images: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where to listen. Examples and tests keep this on loopback.
     pub listen: SocketAddr,
     /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+    #[serde(serialize_with = "byte_count")]
     pub max_manifest_size: ByteSize,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
@@ -71,21 +74,21 @@ pub struct ServerConfig {
 }
 
 /// `[metrics]`: Prometheus text on a listener of its own.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -93,13 +96,15 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub dir: PathBuf,
     /// Evict least recently used content above this size.
+    #[serde(serialize_with = "byte_count")]
     pub max_size: ByteSize,
     /// Memory for manifests and small blobs.
+    #[serde(serialize_with = "byte_count")]
     pub memory: ByteSize,
     /// After this long a tag mapping is revalidated upstream with HEAD.
     #[serde(with = "humantime_serde")]
@@ -112,7 +117,7 @@ pub struct CacheConfig {
 }
 
 /// `[cache] cold_blobs`: how a blob that is not yet cached is released to clients.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ColdBlobs {
     /// Response headers at once, the body only once the whole blob matched its digest: no
@@ -125,7 +130,7 @@ pub enum ColdBlobs {
 }
 
 /// One upstream registry. Credentials come from the environment or files, never inline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// What `?ns=` and path prefixes match, e.g. `docker.io` or `127.0.0.1:5001`.
@@ -168,6 +173,12 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
+}
+
+/// A size as its exact number of bytes: `ByteSize`'s own `Serialize` writes a rounded decimal
+/// string ("2.1 GB" for 2 GiB), which would not read back as the same size.
+fn byte_count<S: serde::Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(size.as_u64())
 }
 
 mod defaults {
