@@ -14,7 +14,10 @@
 //! - `process`: a child process with a log file and a readiness wait (private).
 //! - `registry`: [`Registry`], the upstream (or distribution's own proxy mode, for benchmarks).
 //! - `fixtures`: [`fixtures`] builds the images once per process; [`push`], [`skopeo_copy`].
-//! - `proxy`: [`Proxy`], the portcullis binary under test.
+//! - `proxy`: [`Proxy`], the portcullis binary under test; [`Proxy::reload`] (SIGHUP, and the
+//!   wait for its outcome).
+//! - [`config`]: typed configs, [`ConfigBuilder`] and [`Rule`], built from the binary's own serde
+//!   types ([`portcullis::Config`]) and written with [`to_toml`].
 //! - `containerd`: [`Containerd`] and `hosts.toml`.
 //! - `fault`: [`FaultServer`], an in-process upstream that fails on purpose.
 //! - [`http`]: a small async plain-HTTP client for asserting on responses.
@@ -32,6 +35,7 @@
 
 pub mod attestation;
 pub mod bundle;
+pub mod config;
 mod containerd;
 pub mod cosign;
 mod der;
@@ -51,13 +55,16 @@ pub mod tsa;
 
 pub use attestation::{attestation_bundle_v01, push_attestation, AttLayer};
 pub use bundle::{BundleBuilder, LogEntry, Signer, Tamper};
+pub use config::{
+    key_authority, keyless_authority, to_toml, write_cli_config, ConfigBuilder, ProxyConfig, Rule,
+};
 pub use containerd::{write_hosts_toml, Containerd};
 pub use cosign::{push_signature, simple_signing_payload, CosignKey, Leaf, SigLayer, TestSigstore};
 pub use fault::{Fault, FaultServer};
 pub use fixtures::{
     fixtures, manifest_digest_in_registry, push, skopeo_copy, skopeo_copy_all, Fixtures, Image,
 };
-pub use proxy::{config_for, Proxy};
+pub use proxy::{config_for, reload_by_sighup, Proxy};
 pub use referrers::push_referrer;
 pub use registry::Registry;
 pub use tlog::TestLog;

@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
-use std::time::Duration;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
+use crate::config::ProxyConfig;
 use crate::process::Daemon;
-use crate::tools::free_port;
+use crate::tools::{free_port, log_tail};
 
 /// How long a SIGTERMed proxy gets to drain and exit.
 const TERM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,17 +27,16 @@ pub struct Proxy {
 impl Proxy {
     /// `bin` is the portcullis binary (tests pass `env!("CARGO_BIN_EXE_portcullis")`).
     ///
-    /// Writes `config_toml` to `workdir/portcullis.toml`, with `{LISTEN}` replaced by
-    /// `127.0.0.1:<free port>` and `{DATA}` by the path of `workdir/data`, runs
+    /// Writes `config` to `workdir/portcullis.toml` for `127.0.0.1:<free port>` and a cache in
+    /// `workdir/data` (a typed [`Config`](portcullis::Config) or [`ConfigBuilder`](crate::ConfigBuilder),
+    /// or TOML text with `{LISTEN}` and `{DATA}` for those: see [`ProxyConfig`]), runs
     /// `bin serve --config FILE` with its output appended to `workdir/proxy.log`, and waits until
     /// `GET /v2/` answers 200, or 401 with `[auth]` on (20 s; panics with the log tail).
-    pub fn start(bin: &Path, workdir: &Path, config_toml: &str) -> Proxy {
+    pub fn start(bin: &Path, workdir: &Path, config: &(impl ProxyConfig + ?Sized)) -> Proxy {
         std::fs::create_dir_all(workdir).expect("create proxy workdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = workdir.join("data");
-        let config_text = config_toml
-            .replace("{LISTEN}", &addr.to_string())
-            .replace("{DATA}", &data_dir.display().to_string());
+        let config_text = config.render(addr, &data_dir);
         let config = workdir.join("portcullis.toml");
         std::fs::write(&config, config_text).expect("write portcullis.toml");
         let log = workdir.join("proxy.log");
@@ -80,6 +80,28 @@ impl Proxy {
         self.daemon.signal_and_wait("TERM", TERM_TIMEOUT)
     }
 
+    /// Replaces the config file (for this proxy's address and cache, as [`Proxy::start`] writes
+    /// it). Nothing else happens until a [`reload`](Self::reload) or the file poll picks it up.
+    pub fn write_config(&self, config: &(impl ProxyConfig + ?Sized)) {
+        std::fs::write(&self.config, config.render(self.addr, &self.data_dir))
+            .expect("write portcullis.toml");
+    }
+
+    /// Sends SIGHUP and waits for the reload it starts to finish: `Ok` once the proxy logged
+    /// `config reloaded` (the new configuration and certificates are in force), `Err` with the
+    /// log line if it logged `config reload rejected` (the previous one stays). See
+    /// [`reload_by_sighup`].
+    pub fn reload(&self) -> Result<(), String> {
+        let pid = self.pid().expect("the proxy is not running");
+        reload_by_sighup(pid, &self.log)
+    }
+
+    /// [`write_config`](Self::write_config), then [`reload`](Self::reload).
+    pub fn reconfigure(&self, config: &(impl ProxyConfig + ?Sized)) -> Result<(), String> {
+        self.write_config(config);
+        self.reload()
+    }
+
     /// PID of the running process, if any.
     pub fn pid(&self) -> Option<u32> {
         self.daemon.pid()
@@ -114,6 +136,57 @@ impl Proxy {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
+}
+
+/// What the proxy logs when SIGHUP starts a reload, and when that reload ends.
+const HUP_RECEIVED: &str = "SIGHUP received";
+const RELOADED: &str = "config reloaded";
+const REJECTED: &str = "config reload rejected";
+
+/// How long a reload may take, SIGHUP to its outcome in the log.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sends SIGHUP to the portcullis `pid` that logs to `log`, and waits (15 s) for the outcome of
+/// the reload that signal starts: `Ok` on `config reloaded`, `Err(line)` on `config reload
+/// rejected`; panics with the log tail if neither comes.
+///
+/// The proxy handles reloads one at a time and logs `SIGHUP received` before each SIGHUP's, so
+/// the outcome that counts is the first after this signal's line, however many reloads (a file
+/// change the poll saw, an earlier signal) are logged around it.
+pub fn reload_by_sighup(pid: u32, log: &Path) -> Result<(), String> {
+    let read = || {
+        std::fs::read(log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let before = read().matches(HUP_RECEIVED).count();
+    let sent = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    assert!(
+        matches!(sent, Ok(s) if s.success()),
+        "could not send SIGHUP to portcullis ({pid}): {sent:?}"
+    );
+    let start = Instant::now();
+    while start.elapsed() < RELOAD_TIMEOUT {
+        let text = read();
+        if let Some((at, _)) = text.match_indices(HUP_RECEIVED).nth(before) {
+            let outcome = text[at..]
+                .lines()
+                .find(|l| l.contains(RELOADED) || l.contains(REJECTED));
+            match outcome {
+                Some(line) if line.contains(REJECTED) => return Err(line.to_owned()),
+                Some(_) => return Ok(()),
+                None => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "portcullis ({pid}) logged no reload outcome within {RELOAD_TIMEOUT:?} of SIGHUP; log {}:\n{}",
+        log.display(),
+        log_tail(log, 40)
+    );
 }
 
 /// A portcullis config with the `{LISTEN}` and `{DATA}` placeholders, one default upstream named
