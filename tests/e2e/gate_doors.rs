@@ -30,11 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use portcullis::config::ColdBlobs;
 use portcullis_testkit::cosign::{push_signature, simple_signing_payload, CosignKey, SigLayer};
 use portcullis_testkit::http;
 use portcullis_testkit::{
-    dir_files, push, push_referrer, require_tools, sha256_hex, skopeo_copy, tempdir, Image, Proxy,
-    Registry,
+    dir_files, push, push_referrer, require_tools, sha256_hex, skopeo_copy, tempdir, ConfigBuilder,
+    Image, Proxy, Registry, Rule,
 };
 use serde_json::{json, Value};
 
@@ -58,7 +59,7 @@ const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// U+0131 LATIN SMALL LETTER DOTLESS I: Go folds it to `I` (`ToUpper(ToLower(r))`).
 const DOTLESS_I: char = '\u{131}';
 
-const MODES: [&str; 2] = ["verify-first", "stream"];
+const MODES: [ColdBlobs; 2] = [ColdBlobs::VerifyFirst, ColdBlobs::Stream];
 
 // ---------------------------------------------------------------------------------------------
 // The world: a registry, a release key, and portcullis configs with one keyed rule.
@@ -121,36 +122,20 @@ impl World {
     }
 
     /// Portcullis in front of the registry.
-    fn proxy(&self, sub: &str, cold_blobs: &str) -> Proxy {
+    fn proxy(&self, sub: &str, cold_blobs: ColdBlobs) -> Proxy {
         self.proxy_via(sub, &self.upstream.host(), &self.upstream.url(), cold_blobs)
     }
 
     /// Portcullis in front of the upstream `name` at `url` (the registry or a relay to it).
-    fn proxy_via(&self, sub: &str, name: &str, url: &str, cold_blobs: &str) -> Proxy {
-        let config = format!(
-            r#"[server]
-listen = "{{LISTEN}}"
-[cache]
-dir = "{{DATA}}"
-tag_ttl = "0s"
-cold_blobs = "{cold_blobs}"
-[[upstream]]
-name = "{name}"
-url = "{url}"
-default = true
-[policy]
-default = "deny"
-[[trust.key]]
-name = "release"
-path = "{key}"
-[[rule]]
-name = "keyed"
-images = ["{name}/keyed/**"]
-[[rule.authority]]
-key = "release"
-"#,
-            key = self.key_path.display()
-        );
+    fn proxy_via(&self, sub: &str, name: &str, url: &str, cold_blobs: ColdBlobs) -> Proxy {
+        let config = ConfigBuilder::new()
+            .default_upstream(name, url)
+            .cache(|c| {
+                c.tag_ttl = Duration::ZERO;
+                c.cold_blobs = cold_blobs;
+            })
+            .trust_key("release", &self.key_path)
+            .rule(Rule::new("keyed", &[&format!("{name}/keyed/**")]).key("release"));
         Proxy::start(Path::new(BIN), &self.work.join(sub), &config)
     }
 
@@ -614,7 +599,7 @@ impl Stage {
 
     /// A proxy that has verified S (and refused U and R), so that S's evidence would pass.
     async fn proxy(&self, sub: &str, name: &str, url: &str) -> Proxy {
-        let p = self.w.proxy_via(sub, name, url, "verify-first");
+        let p = self.w.proxy_via(sub, name, url, ColdBlobs::VerifyFirst);
         for reference in ["v1", &self.signed] {
             let url = format!("{}/v2/{REPO}/manifests/{reference}", p.url());
             served(&p, &url, &self.signed).await;
@@ -820,7 +805,7 @@ async fn a_fake_signature_opens_no_gate() {
     let fakes = fakes(&w);
 
     // The image first (its evidence is gathered), then the artifact, then each blob.
-    let first = w.proxy("image-first", "verify-first");
+    let first = w.proxy("image-first", ColdBlobs::VerifyFirst);
     for f in &fakes {
         f.image_refused(&first, &host).await;
         f.artifact_refused(&first, &host).await;
@@ -829,7 +814,7 @@ async fn a_fake_signature_opens_no_gate() {
 
     // A fresh instance: the artifact first (it asks for its subject's verdict), the blobs, the
     // image, the blobs again.
-    let fresh = w.proxy("artifact-first", "verify-first");
+    let fresh = w.proxy("artifact-first", ColdBlobs::VerifyFirst);
     for f in &fakes {
         f.artifact_refused(&fresh, &host).await;
         f.blobs_refused(&fresh, &host).await;
@@ -838,7 +823,7 @@ async fn a_fake_signature_opens_no_gate() {
     }
 
     // Blobs asked for before anything else, on a third instance.
-    let blobs_first = w.proxy("blobs-first", "stream");
+    let blobs_first = w.proxy("blobs-first", ColdBlobs::Stream);
     for f in &fakes {
         f.blobs_refused(&blobs_first, &host).await;
         f.artifact_refused(&blobs_first, &host).await;
@@ -1298,46 +1283,57 @@ async fn a_short_body_under_the_true_length_releases_nothing_before_the_digest()
             },
         );
         let base = relay.hits();
-        let p = w.proxy_via(&format!("short-{mode}"), &relay.host(), &relay.url(), mode);
+        let p = w.proxy_via(
+            &format!("short-{mode:?}"),
+            &relay.host(),
+            &relay.url(),
+            mode,
+        );
         served(&p, &format!("{}/v2/keyed/big/manifests/v1", p.url()), &big).await;
         for attempt in 0..2 {
             // Every lie told so far ended in a failed fetch, and nothing was cached.
             settle(&p, relay.hits() - base);
             let before = relay.hits();
             let t = raw_get(p.addr, &path, &[]);
-            assert_eq!(relay.hits(), before + 1, "{mode}: the lie was told");
-            assert!(!t.complete(), "{mode}: a complete transfer of a short body");
-            assert!(t.body.len() < size, "{mode}");
+            assert_eq!(relay.hits(), before + 1, "{mode:?}: the lie was told");
+            assert!(
+                !t.complete(),
+                "{mode:?}: a complete transfer of a short body"
+            );
+            assert!(t.body.len() < size, "{mode:?}");
             match mode {
-                "verify-first" => {
+                ColdBlobs::VerifyFirst => {
                     assert_eq!(
                         (t.status, t.content_length),
                         (200, Some(size)),
-                        "{mode}: the headers go out at once\n{}",
+                        "{mode:?}: the headers go out at once\n{}",
                         tail(&p)
                     );
                     assert_eq!(
                         t.body.len(),
                         0,
-                        "{mode} attempt {attempt}: unverified bytes reached the client"
+                        "{mode:?} attempt {attempt}: unverified bytes reached the client"
                     );
                 }
-                _ => {
+                ColdBlobs::Stream => {
                     // `stream` may release a prefix before the break: exactly the bytes the
                     // upstream sent, unverified. The client's own digest check is what catches
                     // them; the transfer never completes.
                     assert!(
                         t.body.len() <= lies.len() && t.body == lies[..t.body.len()],
-                        "{mode}: what arrived is not a prefix of what the upstream sent"
+                        "{mode:?}: what arrived is not a prefix of what the upstream sent"
                     );
-                    eprintln!("{mode}: {} unverified bytes before the break", t.body.len());
+                    eprintln!(
+                        "{mode:?}: {} unverified bytes before the break",
+                        t.body.len()
+                    );
                 }
             }
         }
         settle(&p, relay.hits() - base);
         skopeo_refused(
             &format!("{}/keyed/big:v1", p.host()),
-            &w.out(&format!("short-{mode}")),
+            &w.out(&format!("short-{mode:?}")),
             BROKEN,
         );
         settle(&p, relay.hits() - base);
@@ -1345,9 +1341,9 @@ async fn a_short_body_under_the_true_length_releases_nothing_before_the_digest()
         // Honest again: the whole blob, cold, matching its digest.
         relay.forget(&path);
         let t = raw_get(p.addr, &path, &[]);
-        assert_eq!(t.status, 200, "{mode}\n{}", tail(&p));
-        assert!(t.complete(), "{mode}: {} of {size} bytes", t.body.len());
-        assert_eq!(sha256_hex(&t.body), layer, "{mode}");
+        assert_eq!(t.status, 200, "{mode:?}\n{}", tail(&p));
+        assert!(t.complete(), "{mode:?}: {} of {size} bytes", t.body.len());
+        assert_eq!(sha256_hex(&t.body), layer, "{mode:?}");
     }
 }
 
@@ -1369,7 +1365,7 @@ async fn a_length_unlike_the_descriptor_is_refused() {
     let relay = Relay::start(w.upstream.addr);
     let path = format!("/v2/keyed/small/blobs/{layer}");
     for mode in MODES {
-        let p = w.proxy_via(&format!("len-{mode}"), &relay.host(), &relay.url(), mode);
+        let p = w.proxy_via(&format!("len-{mode:?}"), &relay.host(), &relay.url(), mode);
         served(
             &p,
             &format!("{}/v2/keyed/small/manifests/v1", p.url()),
@@ -1399,19 +1395,19 @@ async fn a_length_unlike_the_descriptor_is_refused() {
             assert_eq!(relay.hits(), before + 1);
             let v: Value = serde_json::from_slice(&t.body).unwrap_or_else(|_| {
                 panic!(
-                    "{mode} {what}: {} bytes of blob instead of an error",
+                    "{mode:?} {what}: {} bytes of blob instead of an error",
                     t.body.len()
                 )
             });
             assert_eq!(
                 (t.status, v["errors"][0]["code"].as_str()),
                 (502, Some("DIGEST_INVALID")),
-                "{mode} {what}: {v}"
+                "{mode:?} {what}: {v}"
             );
             let message = v["errors"][0]["message"].as_str().unwrap();
             assert!(message.contains("the verified manifest"), "{message}");
             let head = answer("HEAD", &format!("{}{path}", p.url())).await;
-            assert_eq!(head.0, 502, "{mode} {what}: HEAD");
+            assert_eq!(head.0, 502, "{mode:?} {what}: HEAD");
         }
 
         // No length at all, and more bytes than the descriptor says.
@@ -1425,12 +1421,12 @@ async fn a_length_unlike_the_descriptor_is_refused() {
         );
         settle(&p, relay.hits() - base);
         let t = raw_get(p.addr, &path, &[]);
-        assert!(!t.complete(), "{mode}: {t:?}");
-        if mode == "verify-first" {
+        assert!(!t.complete(), "{mode:?}: {t:?}");
+        if mode == ColdBlobs::VerifyFirst {
             assert_eq!(
                 (t.status, t.body.len()),
                 (200, 0),
-                "{mode}: unverified bytes reached the client"
+                "{mode:?}: unverified bytes reached the client"
             );
         }
 
@@ -1440,7 +1436,7 @@ async fn a_length_unlike_the_descriptor_is_refused() {
         assert_eq!(
             (t.status, t.complete()),
             (200, true),
-            "{mode}\n{}",
+            "{mode:?}\n{}",
             tail(&p)
         );
         assert_eq!(sha256_hex(&t.body), layer);
@@ -1520,31 +1516,31 @@ async fn a_signed_image_and_its_signatures_are_still_served() {
 
     for mode in MODES {
         // The signatures first, on an instance that has seen nothing.
-        let p = w.proxy(&format!("sig-first-{mode}"), mode);
+        let p = w.proxy(&format!("sig-first-{mode:?}"), mode);
         signatures.served_by(&p).await;
-        let out = w.out(&format!("sig-{mode}"));
+        let out = w.out(&format!("sig-{mode:?}"));
         skopeo_copy(&format!("{}/{repo}:{sig_tag}", p.host()), &out)
-            .unwrap_or_else(|e| panic!("{mode}: {e}\n{}", tail(&p)));
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}\n{}", tail(&p)));
 
         // The image first, on another: a cold layer by raw GET, whole.
-        let p = w.proxy(&format!("image-first-{mode}"), mode);
+        let p = w.proxy(&format!("image-first-{mode:?}"), mode);
         served(&p, &format!("{}/v2/{repo}/manifests/v1", p.url()), &image).await;
         let layer = m["layers"][0]["digest"].as_str().unwrap();
         let t = raw_get(p.addr, &format!("/v2/{repo}/blobs/{layer}"), &[]);
-        assert_eq!(t.status, 200, "{mode}\n{}", tail(&p));
+        assert_eq!(t.status, 200, "{mode:?}\n{}", tail(&p));
         assert!(
             t.complete(),
-            "{mode}: {} bytes of {:?}",
+            "{mode:?}: {} bytes of {:?}",
             t.body.len(),
             t.content_length
         );
-        assert_eq!(sha256_hex(&t.body), layer, "{mode}");
+        assert_eq!(sha256_hex(&t.body), layer, "{mode:?}");
         let config = m["config"]["digest"].as_str().unwrap();
         served(&p, &format!("{}/v2/{repo}/blobs/{config}", p.url()), config).await;
 
-        let out = w.out(&format!("image-{mode}"));
+        let out = w.out(&format!("image-{mode:?}"));
         skopeo_copy(&format!("{}/{repo}:v1", p.host()), &out)
-            .unwrap_or_else(|e| panic!("{mode}: {e}\n{}", tail(&p)));
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}\n{}", tail(&p)));
         let files = dir_files(&out);
         let mut blobs = 0;
         for (name, bytes) in &files {
@@ -1552,13 +1548,13 @@ async fn a_signed_image_and_its_signatures_are_still_served() {
                 "manifest.json" => assert_eq!(sha256_hex(bytes), image),
                 "version" => {}
                 hex => {
-                    assert_eq!(sha256_hex(bytes), format!("sha256:{hex}"), "{mode}");
+                    assert_eq!(sha256_hex(bytes), format!("sha256:{hex}"), "{mode:?}");
                     blobs += 1;
                 }
             }
         }
         let names: Vec<&String> = files.iter().map(|(n, _)| n).collect();
-        assert_eq!(blobs, blobs_of(&m).len(), "{mode}: {names:?}");
+        assert_eq!(blobs, blobs_of(&m).len(), "{mode:?}: {names:?}");
         signatures.served_by(&p).await;
     }
 }
@@ -1576,7 +1572,7 @@ async fn evidence_admitted_for_one_subject_is_not_served_for_another() {
     let copied = cosign_tag(&s.unsigned, "sig");
     s.w.upstream
         .put_manifest(REPO, &copied, OCI_MANIFEST, &sig_bytes);
-    let p = s.w.proxy("p", "verify-first");
+    let p = s.w.proxy("p", ColdBlobs::VerifyFirst);
     let urls = routes(&p, &host, REPO, &format!("manifests/{copied}"));
     for url in &urls {
         let (status, code, message) = answer("GET", url).await;

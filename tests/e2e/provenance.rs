@@ -8,15 +8,17 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use portcullis_policy::AuthorityConfig;
 use portcullis_testkit::bundle::BUNDLE_V03_MEDIA_TYPE;
 use portcullis_testkit::http::{self, Response};
 use portcullis_testkit::intoto::{
     cosign_sign_v1_statement, slsa_v02_predicate, slsa_v1_predicate, statement,
 };
 use portcullis_testkit::{
-    manifest_digest_in_registry, push, push_attestation, push_referrer, push_signature,
-    require_tools, simple_signing_payload, skopeo_copy, tempdir, CosignKey, Image, Leaf, LogEntry,
-    Proxy, Registry, SigLayer, Signer, Tamper, TestSigstore,
+    keyless_authority, manifest_digest_in_registry, push, push_attestation, push_referrer,
+    push_signature, require_tools, simple_signing_payload, skopeo_copy, tempdir, write_cli_config,
+    ConfigBuilder, CosignKey, Image, Leaf, LogEntry, Proxy, Registry, Rule, SigLayer, Signer,
+    Tamper, TestSigstore,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -109,76 +111,37 @@ impl World {
         statement(repo, digest, SLSA_V1, &predicate)
     }
 
-    fn config(&self) -> String {
+    fn config(&self) -> ConfigBuilder {
         let host = self.upstream.host();
-        format!(
-            r#"[server]
-listen = "{{LISTEN}}"
-[cache]
-dir = "{{DATA}}"
-[[upstream]]
-name = "{host}"
-url = "{url}"
-default = true
-[policy]
-default = "deny"
-[[trust.key]]
-name = "release"
-path = "{key}"
-[[trust.root]]
-name = "test"
-trusted_root = "{root}"
-
-[[rule]]
-name = "bundled"
-images = ["{host}/bundled/**"]
-[[rule.authority]]
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{BUILDER}" }}
-
-[[rule]]
-name = "attested"
-images = ["{host}/attested/**"]
-[[rule.authority]]
-name = "ci"
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{BUILDER}" }}
-[[rule.attestation]]
-predicate_type = "{SLSA_V1}"
-authorities = ["ci"]
-conditions = ['predicate.runDetails.builder.id == "{GH_BUILDER}"',
-              'predicate.buildDefinition.externalParameters.workflow.repository.startsWith("https://github.com/acme/")']
-
-[[rule]]
-name = "tekton"
-images = ["{host}/tekton/**"]
-[[rule.authority]]
-key = "release"
-[[rule.attestation]]
-predicate_type = "{SLSA_V02}"
-conditions = ['predicate.builder.id == "{TEKTON}"']
-
-[[rule]]
-name = "workload"
-images = ["{host}/workload/**"]
-[[rule.authority]]
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{SPIFFE}" }}
-
-[[rule]]
-name = "app"
-images = ["{host}/app/**"]
-verify_base = true
-[[rule.authority]]
-key = "release"
-
-[[rule]]
-name = "base"
-images = ["{host}/base/**"]
-[[rule.authority]]
-key = "release"
-"#,
-            url = self.upstream.url(),
-            key = self.work.join("release.pub").display(),
-            root = self.work.join("trusted_root.json").display(),
-        )
+        let rule = |name: &str| Rule::new(name, &[&format!("{host}/{name}/**")]);
+        let ci = AuthorityConfig {
+            name: Some("ci".into()),
+            ..keyless_authority("test", ISSUER, BUILDER)
+        };
+        let gh_builder = format!("predicate.runDetails.builder.id == \"{GH_BUILDER}\"");
+        let tekton = format!("predicate.builder.id == \"{TEKTON}\"");
+        ConfigBuilder::new()
+            .default_upstream(&host, &self.upstream.url())
+            .trust_key("release", &self.work.join("release.pub"))
+            .trust_root("test", &self.work.join("trusted_root.json"))
+            .rule(rule("bundled").keyless("test", ISSUER, BUILDER))
+            .rule(rule("attested").authority(ci).attestation(
+                SLSA_V1,
+                &["ci"],
+                &[
+                    &gh_builder,
+                    "predicate.buildDefinition.externalParameters.workflow.repository\
+                     .startsWith(\"https://github.com/acme/\")",
+                ],
+            ))
+            .rule(
+                rule("tekton")
+                    .key("release")
+                    .attestation(SLSA_V02, &[], &[&tekton]),
+            )
+            .rule(rule("workload").keyless("test", ISSUER, SPIFFE))
+            .rule(rule("app").verify_base().key("release"))
+            .rule(rule("base").key("release"))
     }
 
     fn proxy(&self) -> Proxy {
@@ -192,11 +155,7 @@ key = "release"
     /// `portcullis verify`'s report on `image`, and whether it exited 0.
     fn verify(&self, image: &str) -> (bool, String) {
         let config = self.work.join("verify.toml");
-        let text = self.config().replace("{LISTEN}", "127.0.0.1:0").replace(
-            "{DATA}",
-            &self.work.join("verify-data").display().to_string(),
-        );
-        std::fs::write(&config, text).unwrap();
+        write_cli_config(&config, &self.config(), &self.work.join("verify-data"));
         let out = Command::new(BIN)
             .args(["verify", image, "--config"])
             .arg(&config)

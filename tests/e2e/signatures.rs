@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use portcullis_policy::Mode;
 use portcullis_testkit::cosign::{
     push_signature, simple_signing_payload, CosignKey, SigLayer, TestSigstore,
 };
 use portcullis_testkit::http::{self, Response};
 use portcullis_testkit::{
     manifest_digest_in_registry, push, require_tools, skopeo_copy, skopeo_copy_all, tempdir,
-    write_hosts_toml, Containerd, Image, Proxy, Registry,
+    write_cli_config, write_hosts_toml, ConfigBuilder, Containerd, Image, Proxy, Registry, Rule,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -109,52 +110,17 @@ impl World {
         }
     }
 
-    fn config(&self, key_path: &Path) -> String {
+    fn config(&self, key_path: &Path) -> ConfigBuilder {
         let host = self.upstream.host();
-        format!(
-            r#"[server]
-listen = "{{LISTEN}}"
-[cache]
-dir = "{{DATA}}"
-[[upstream]]
-name = "{host}"
-url = "{url}"
-default = true
-[policy]
-default = "deny"
-[[trust.key]]
-name = "release"
-path = "{key}"
-[[trust.root]]
-name = "test"
-trusted_root = "{root}"
-[[rule]]
-name = "keyed"
-images = ["{host}/keyed/**"]
-[[rule.authority]]
-key = "release"
-[[rule]]
-name = "keyless"
-images = ["{host}/keyless/**"]
-[[rule.authority]]
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{BUILDER}" }}
-[[rule]]
-name = "warned"
-images = ["{host}/warned/**"]
-mode = "warn"
-[[rule.authority]]
-key = "release"
-[[rule]]
-name = "audited"
-images = ["{host}/audited/**"]
-mode = "audit"
-[[rule.authority]]
-key = "release"
-"#,
-            url = self.upstream.url(),
-            key = key_path.display(),
-            root = self.work.join("trusted_root.json").display(),
-        )
+        let rule = |name: &str| Rule::new(name, &[&format!("{host}/{name}/**")]);
+        ConfigBuilder::new()
+            .default_upstream(&host, &self.upstream.url())
+            .trust_key("release", key_path)
+            .trust_root("test", &self.work.join("trusted_root.json"))
+            .rule(rule("keyed").key("release"))
+            .rule(rule("keyless").keyless("test", ISSUER, BUILDER))
+            .rule(rule("warned").mode(Mode::Warn).key("release"))
+            .rule(rule("audited").mode(Mode::Audit).key("release"))
     }
 
     fn proxy(&self, sub: &str) -> Proxy {
@@ -449,13 +415,7 @@ async fn verdicts_are_cached_and_a_policy_change_invalidates_them() {
     let other = CosignKey::generate();
     other.write_public(&w.work.join("other.pub"));
     p.terminate();
-    std::fs::write(
-        &p.config,
-        w.config(&w.work.join("other.pub"))
-            .replace("{LISTEN}", &p.addr.to_string())
-            .replace("{DATA}", &p.data_dir.display().to_string()),
-    )
-    .unwrap();
+    p.write_config(&w.config(&w.work.join("other.pub")));
     p.restart();
     let resp = http::get(&url).await;
     let (status, _, message) = code_and_message(&resp);
@@ -470,13 +430,11 @@ fn verify_prints_the_verdict_and_exits_by_it() {
     w.sign_with(&w.release, "keyed/app", &d);
     w.push(Image::Small, "keyed/bare:v1");
     let config = w.work.join("verify.toml");
-    std::fs::write(
+    write_cli_config(
         &config,
-        w.config(&w.work.join("release.pub"))
-            .replace("{LISTEN}", "127.0.0.1:0")
-            .replace("{DATA}", &w.work.join("unused").display().to_string()),
-    )
-    .unwrap();
+        &w.config(&w.work.join("release.pub")),
+        &w.work.join("unused"),
+    );
     let run = |image: &str, json: bool| {
         let mut cmd = Command::new(BIN);
         cmd.args(["verify", image, "--config"]).arg(&config);
