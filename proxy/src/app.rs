@@ -7,6 +7,7 @@ use portcullis_cache::{Store, StoreConfig};
 use portcullis_policy::{Policy, Verdict};
 
 use crate::auth::Authenticator;
+use crate::coalesce::Coalesce;
 use crate::config::Config;
 use crate::content::referrers::HeldReferrers;
 use crate::fetch::Flights;
@@ -29,6 +30,10 @@ pub struct App {
     /// Referrer lists by `name\0subject`, in front of their RocksDB copies.
     pub referrers: Cache<String, HeldReferrers>,
     pub flights: Arc<Flights>,
+    /// Verdicts being decided: concurrent requests for one manifest share one decision.
+    pub deciding: Arc<Coalesce<String, Arc<Verdict>>>,
+    /// Small evidence blobs being fetched: each distinct digest is fetched once at a time.
+    pub fetching: Arc<Coalesce<portcullis_cache::Digest, bytes::Bytes>>,
     pub metrics: Metrics,
     /// Client authentication, when `[auth]` is configured.
     pub auth: Option<Authenticator>,
@@ -39,6 +44,8 @@ struct Caches {
     verdicts: Cache<String, Arc<Verdict>>,
     gated: Cache<String, ()>,
     referrers: Cache<String, HeldReferrers>,
+    deciding: Arc<Coalesce<String, Arc<Verdict>>>,
+    fetching: Arc<Coalesce<portcullis_cache::Digest, bytes::Bytes>>,
 }
 
 impl App {
@@ -61,6 +68,8 @@ impl App {
             verdicts: Cache::new(100_000),
             gated: Cache::new(100_000),
             referrers: Cache::new(10_000),
+            deciding: Arc::default(),
+            fetching: Arc::default(),
         };
         App::assemble(config, store, caches, flights, metrics)
     }
@@ -84,6 +93,8 @@ impl App {
                 verdicts: self.verdicts.clone(),
                 gated: self.gated.clone(),
                 referrers: self.referrers.clone(),
+                deciding: Arc::clone(&self.deciding),
+                fetching: Arc::clone(&self.fetching),
             },
             Arc::clone(&self.flights),
             self.metrics.clone(),
@@ -114,6 +125,8 @@ impl App {
             verdicts: caches.verdicts,
             gated: caches.gated,
             referrers: caches.referrers,
+            deciding: caches.deciding,
+            fetching: caches.fetching,
             flights,
             metrics,
             config,

@@ -71,7 +71,10 @@ impl Flights {
         digest: &Digest,
         size: u64,
     ) -> Result<(Arc<Flight>, bool), ProxyError> {
-        let mut running = self.running.lock().expect("flights lock");
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(flight) = running.get(digest) {
             self.metrics.singleflight_joins.inc();
             return Ok((Arc::clone(flight), true));
@@ -124,7 +127,7 @@ impl Job {
         self.flights
             .running
             .lock()
-            .expect("flights lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.digest);
         match result {
             Ok(size) => {

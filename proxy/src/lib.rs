@@ -22,7 +22,8 @@
 //! - [`content`]: manifests, tags (TTL, revalidation, stale, offline), referrer lists and small
 //!   evidence blobs, each with how it was obtained; [`oci`]: the strict reader for manifests,
 //!   indexes and cosign material.
-//! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-first (or streaming) body.
+//! - [`fetch`] and [`body`]: single-flight blob fetches and the verify-first (or streaming) body;
+//!   [`coalesce`]: single flight for verdicts and evidence blobs.
 //! - [`upstream`]: the upstream client (rustls, token flow, redirects, timeouts).
 //! - [`error`]: the one place errors become OCI error JSON; [`config`]: the TOML configuration.
 //! - [`reload`]: SIGHUP and file changes swap in a new configuration; [`metrics`]: Prometheus.
@@ -33,6 +34,7 @@ pub mod airgap;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod coalesce;
 pub mod config;
 pub mod content;
 pub mod error;

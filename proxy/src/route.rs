@@ -171,7 +171,10 @@ impl Router {
         if !self.offline {
             return None;
         }
-        let mut held = self.placeholders.lock().expect("placeholder lock");
+        let mut held = self
+            .placeholders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(up) = held.get(name) {
             return Some(Arc::clone(up));
         }

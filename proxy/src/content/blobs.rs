@@ -1,6 +1,7 @@
 //! Small blobs read whole (signature payloads, envelopes, bundles, artifact configs): from the
 //! store, else from the upstream, capped at the size their descriptor gives, hash-checked, and
-//! cached only once the caller's `check` (what the bytes must be) has passed.
+//! cached only once the caller's `check` (what the bytes must be) has passed. Concurrent reads
+//! of one digest share one upstream fetch.
 
 use std::io::Read as _;
 
@@ -55,12 +56,33 @@ pub async fn small(
             "{what} is not held, and this mirror is offline"
         )));
     }
+    let fetched = app
+        .fetching
+        .run(digest.clone(), || fetch(target, digest, size, &what))
+        .await?;
+    let bytes = checked(fetched)?;
+    if app.store.has_blob(digest)?.is_none() {
+        let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
+        w.write(bytes.clone())?;
+        w.commit()?;
+    }
+    app.store.link(&target.name, digest)?;
+    Ok((bytes, Obtained::Miss))
+}
+
+/// One GET of at most `size` bytes that hash to `digest`.
+async fn fetch(
+    target: &Target,
+    digest: &Digest,
+    size: u64,
+    what: &str,
+) -> Result<Bytes, ProxyError> {
     let up = &target.upstream;
     let resp = up
         .send(Method::GET, &target.repo, &format!("blobs/{digest}"), None)
         .await?;
     if !resp.status().is_success() {
-        return Err(status_error(&up.name, resp.status(), &what, || {
+        return Err(status_error(&up.name, resp.status(), what, || {
             ProxyError::BadUpstream(format!("{what} is listed but missing upstream"))
         }));
     }
@@ -71,10 +93,5 @@ pub async fn small(
             "{what}: the bytes hash to {actual}; nothing was cached"
         )));
     }
-    let bytes = checked(bytes)?;
-    let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
-    w.write(bytes.clone())?;
-    w.commit()?;
-    app.store.link(&target.name, digest)?;
-    Ok((bytes, Obtained::Miss))
+    Ok(bytes)
 }

@@ -4,6 +4,9 @@
 //! upstream client and is cached like any content, so an air-gapped copy can re-verify; every
 //! blob is checked against its digest before the policy sees it.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use futures_util::future::join_all;
 
@@ -19,14 +22,37 @@ use crate::route::Target;
 
 /// At most this many layers of one artifact, and this many bundles of one subject, are looked at.
 const MAX_ITEMS: usize = 32;
+/// At most this many bytes of evidence blobs (by their declared sizes) are read for one verdict,
+/// and for one artifact served: what an upstream can make portcullis hold in memory with one
+/// request.
+pub const MAX_EVIDENCE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What is left of one verdict's evidence bytes.
+struct Budget(AtomicU64);
+
+impl Budget {
+    fn new() -> Budget {
+        Budget(AtomicU64::new(MAX_EVIDENCE_BYTES))
+    }
+
+    /// Takes `n` bytes if they are left.
+    fn take(&self, n: u64) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+}
 
 /// Everything found for `digest`, fetched concurrently. Gathering opens no gate: evidence is
 /// served only once its subject has passed (see `gate::admit_evidence`).
 pub async fn gather(app: &App, target: &Target, digest: &Digest) -> Result<Evidence, ProxyError> {
+    let budget = Budget::new();
     let (sig, att, bundles) = tokio::join!(
-        legacy(app, target, digest, "sig"),
-        legacy(app, target, digest, "att"),
-        bundles(app, target, digest),
+        legacy(app, target, digest, "sig", &budget),
+        legacy(app, target, digest, "att", &budget),
+        bundles(app, target, digest, &budget),
     );
     let (signatures, _) = sig?;
     let (_, attestations) = att?;
@@ -44,6 +70,7 @@ async fn legacy(
     target: &Target,
     digest: &Digest,
     suffix: &str,
+    budget: &Budget,
 ) -> Result<(Vec<SignatureLayer>, Vec<AttestationLayer>), ProxyError> {
     let tag = format!("{}.{suffix}", digest.tag_form());
     let m = match content::resolve_tag(app, target, &tag, &Accept::default()).await {
@@ -64,6 +91,7 @@ async fn legacy(
         target,
         &artifact,
         artifact.blobs.iter().take(MAX_ITEMS + 1),
+        budget,
     )
     .await?;
     let mut sigs = Vec::new();
@@ -100,7 +128,12 @@ fn artifact_of(
 
 /// The Sigstore bundles among `digest`'s referrers: each artifact manifest fetched by digest,
 /// and its bundle layers.
-async fn bundles(app: &App, target: &Target, digest: &Digest) -> Result<Vec<Vec<u8>>, ProxyError> {
+async fn bundles(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    budget: &Budget,
+) -> Result<Vec<Vec<u8>>, ProxyError> {
     let (index, _) = referrers::referrers(app, target, digest).await?;
     let wanted = index
         .manifests
@@ -111,7 +144,7 @@ async fn bundles(app: &App, target: &Target, digest: &Digest) -> Result<Vec<Vec<
                 .is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
         })
         .take(MAX_ITEMS);
-    let found = join_all(wanted.map(|r| one_bundle(app, target, digest, &r.digest))).await;
+    let found = join_all(wanted.map(|r| one_bundle(app, target, digest, &r.digest, budget))).await;
     let mut out = Vec::new();
     for f in found {
         out.extend(f?);
@@ -124,6 +157,7 @@ async fn one_bundle(
     target: &Target,
     subject: &Digest,
     artifact: &Digest,
+    budget: &Budget,
 ) -> Result<Vec<Vec<u8>>, ProxyError> {
     let m = match content::by_digest(app, target, artifact, &Accept::default()).await {
         Ok((m, _)) => m,
@@ -138,7 +172,14 @@ async fn one_bundle(
         return Ok(Vec::new());
     }
     // Every blob, the config too, so that the whole artifact is cached for export.
-    let blobs = fetch_all(app, target, &found, found.blobs.iter().take(MAX_ITEMS + 1)).await?;
+    let blobs = fetch_all(
+        app,
+        target,
+        &found,
+        found.blobs.iter().take(MAX_ITEMS + 1),
+        budget,
+    )
+    .await?;
     Ok(found
         .blobs
         .iter()
@@ -147,19 +188,35 @@ async fn one_bundle(
         .collect())
 }
 
-/// Fetches each blob of an evidence artifact that is small enough to be evidence, and keeps
-/// those that are what their descriptors say. Failures are logged and the blob is left out.
+/// Fetches each distinct blob of an evidence artifact that is small enough to be evidence and
+/// fits what is left of the verdict's budget (by its declared size, before any fetch), and keeps
+/// those that are what their descriptors say. Anything else is logged and left out.
 async fn fetch_all<'a>(
     app: &App,
     target: &Target,
     artifact: &EvidenceArtifact,
     blobs: impl Iterator<Item = &'a (Reference, Material)>,
-) -> Result<std::collections::HashMap<Digest, Bytes>, ProxyError> {
+    budget: &Budget,
+) -> Result<HashMap<Digest, Bytes>, ProxyError> {
+    let mut seen = HashSet::new();
+    let wanted: Vec<&(Reference, Material)> = blobs
+        .filter(|(r, _)| seen.insert(r.digest.clone()))
+        .filter(|(r, _)| {
+            let fits = r.size <= MAX_EVIDENCE_BLOB && budget.take(r.size);
+            if !fits {
+                tracing::warn!(name = %target.name, digest = %r.digest, size = r.size,
+                    "evidence blob left out: over the evidence byte budget");
+            }
+            fits
+        })
+        .collect();
     let fetched = join_all(
-        blobs.map(|(r, m)| async move { (r, payload(app, target, artifact, r, *m).await) }),
+        wanted
+            .into_iter()
+            .map(|(r, m)| async move { (r, payload(app, target, artifact, r, *m).await) }),
     )
     .await;
-    let mut out = std::collections::HashMap::new();
+    let mut out = HashMap::new();
     for (r, result) in fetched {
         match result {
             Ok(bytes) => {
@@ -188,6 +245,16 @@ pub async fn material(
             target.name,
             blobs.len(),
             MAX_ITEMS + 1
+        )));
+    }
+    // Saturating: declared sizes are the upstream's, and could be made to wrap.
+    let declared = blobs
+        .iter()
+        .fold(0u64, |sum, (r, _)| sum.saturating_add(r.size));
+    if declared > MAX_EVIDENCE_BYTES {
+        return Err(ProxyError::Denied(format!(
+            "{}: a signature artifact of {declared} bytes; verification material has at most {MAX_EVIDENCE_BYTES}",
+            target.name
         )));
     }
     let fetched = join_all(

@@ -63,9 +63,14 @@ async fn decide(
             return Ok(v);
         }
     }
-    let v = Arc::new(evaluate(app, target, digest, chain, None).await?);
-    remember(app, key, &v)?;
-    Ok(v)
+    // Concurrent requests for one manifest (under one policy) share one decision.
+    app.deciding
+        .run(key.clone(), || async {
+            let v = Arc::new(evaluate(app, target, digest, chain, None).await?);
+            remember(app, key, &v)?;
+            Ok(v)
+        })
+        .await
 }
 
 /// Decides on a manifest afresh, whatever verdict is held, and remembers the result: for an

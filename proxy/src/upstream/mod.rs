@@ -147,7 +147,11 @@ impl Upstream {
         if self.basic.load(Ordering::Relaxed) {
             return self.creds.as_ref().map(Credentials::basic);
         }
-        let token = self.tokens.lock().expect("token cache lock").get(scope)?;
+        let token = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(scope)?;
         Some(format!("Bearer {token}"))
     }
 
@@ -215,7 +219,11 @@ impl Upstream {
             Ok(resp) => Ok(resp.status().as_u16()),
             Err(e) => Err(e.to_string()),
         };
-        *self.last.lock().expect("last lock") = Some((std::time::SystemTime::now(), seen));
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::SystemTime::now(), seen));
         match &result {
             Ok(_) => self
                 .metrics
@@ -298,7 +306,7 @@ impl Upstream {
             .ok_or_else(|| refused("token response holds no token".into()))?;
         self.tokens
             .lock()
-            .expect("token cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .put(scope, token.clone(), parsed.expires_in);
         Ok(token)
     }
@@ -307,7 +315,11 @@ impl Upstream {
 impl Upstream {
     /// How the last exchange went, as `/readyz` reports it (nothing is probed).
     pub fn reachability(&self) -> serde_json::Value {
-        match &*self.last.lock().expect("last lock") {
+        match &*self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             None if self.offline => serde_json::json!({ "state": "offline" }),
             None => serde_json::json!({ "state": "no request yet" }),
             Some((at, outcome)) => {
