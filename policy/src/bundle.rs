@@ -2,7 +2,9 @@
 //! certificate chain at every verified time, Rekor v1 SETs, inclusion proofs and checkpoints,
 //! Rekor v2 entries, RFC 3161 timestamps from the trusted root's TSAs, the log entry's
 //! consistency with the bundle (CVE-2022-36056), and the DSSE or message signature itself. See
-//! `docs/decisions/0007-sigstore-verify-for-bundles.md`.
+//! `docs/decisions/0007-sigstore-verify-for-bundles.md`. A timestamp's `genTime` may carry a
+//! fraction of a second (RFC 3161 §2.4.2), read by a patched sigstore-tsa:
+//! `docs/decisions/0010-rfc3161-fractional-time.md`.
 //!
 //! What is bound to the image: a message signature must be over the manifest (its digest is the
 //! artifact); a DSSE envelope must hold an in-toto statement whose subject is the manifest.

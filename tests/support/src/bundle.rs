@@ -1,6 +1,7 @@
 //! Sigstore bundles v0.3 (`application/vnd.dev.sigstore.bundle.v0.3+json`, what cosign v3
 //! writes) minted against a [`TestSigstore`]: real signatures, real log entries with Merkle
-//! inclusion proofs and signed checkpoints, SETs, and RFC 3161 timestamps.
+//! inclusion proofs and signed checkpoints, SETs, and RFC 3161 timestamps (whole seconds, with
+//! milliseconds, or any `genTime` text: see [`crate::tsa`]).
 //!
 //! Start from [`TestSigstore::message_bundle`] (a `messageSignature` over an OCI manifest,
 //! given by its digest) or [`TestSigstore::dsse_bundle`] (a `dsseEnvelope` holding an in-toto
@@ -162,6 +163,16 @@ impl Content {
     }
 }
 
+/// One RFC 3161 timestamp to add, and how its `genTime` is written.
+#[derive(Clone)]
+enum Stamp {
+    /// At this unix second (`None`: the signing time) plus these milliseconds (0: whole
+    /// seconds, `YYYYMMDDhhmmssZ`).
+    At(Option<i64>, u16),
+    /// Exactly this `genTime` text.
+    GenTime(String),
+}
+
 /// Builds one bundle; see the module doc. Defaults: Rekor v1 entry with SET and inclusion
 /// proof, no timestamps, signing time in the middle of a keyless leaf's validity (a minute ago
 /// for a key).
@@ -173,8 +184,7 @@ pub struct BundleBuilder<'a> {
     time: i64,
     set: bool,
     proof: bool,
-    /// `None`: at the signing time.
-    timestamps: Vec<Option<i64>>,
+    timestamps: Vec<Stamp>,
     tamper: Option<Tamper>,
 }
 
@@ -249,13 +259,28 @@ impl<'a> BundleBuilder<'a> {
 
     /// Adds an RFC 3161 timestamp from the test TSA at the signing time.
     pub fn with_timestamp(mut self) -> Self {
-        self.timestamps.push(None);
+        self.timestamps.push(Stamp::At(None, 0));
         self
     }
 
     /// Adds an RFC 3161 timestamp from the test TSA at `time` (unix seconds).
     pub fn with_timestamp_at(mut self, time: i64) -> Self {
-        self.timestamps.push(Some(time));
+        self.timestamps.push(Stamp::At(Some(time), 0));
+        self
+    }
+
+    /// Adds an RFC 3161 timestamp from the test TSA `millis` milliseconds after the second
+    /// `time`, its `genTime` carrying the fraction (`20261130101112.345Z`), as many TSAs write
+    /// it. See [`crate::TestTsa::timestamp_millis`].
+    pub fn with_timestamp_millis_at(mut self, time: i64, millis: u16) -> Self {
+        self.timestamps.push(Stamp::At(Some(time), millis));
+        self
+    }
+
+    /// Adds an RFC 3161 timestamp, validly signed by the test TSA, whose `genTime` is exactly
+    /// `gen_time` (see [`crate::tsa::gen_time`]): for times DER forbids.
+    pub fn with_timestamp_gen_time(mut self, gen_time: &str) -> Self {
+        self.timestamps.push(Stamp::GenTime(gen_time.to_owned()));
         self
     }
 
@@ -273,7 +298,12 @@ impl<'a> BundleBuilder<'a> {
         let timestamps = self
             .timestamps
             .iter()
-            .map(|t| tsa.timestamp(&signature, t.unwrap_or(self.time)))
+            .map(|stamp| match stamp {
+                Stamp::At(time, millis) => {
+                    tsa.timestamp_millis(&signature, time.unwrap_or(self.time), *millis)
+                }
+                Stamp::GenTime(text) => tsa.timestamp_gen_time(&signature, text),
+            })
             .collect();
         let mut content = self.content.clone();
         if self.tamper == Some(Tamper::DssePayload) {

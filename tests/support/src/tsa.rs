@@ -2,11 +2,17 @@
 //! `timeStamping` EKU (ECDSA P-256), listed in the trusted root's `timestampAuthorities`, that
 //! mints timestamp tokens at any chosen time.
 //!
-//! A token is the DER `TimeStampToken` (CMS `ContentInfo` holding `SignedData` over a
-//! `TSTInfo`), what a bundle's `rfc3161Timestamps[].signedTimestamp` holds. Its message imprint
+//! What it mints is what a bundle's `rfc3161Timestamps[].signedTimestamp` holds: the DER
+//! `TimeStampResp` (status granted) around the `TimeStampToken` (CMS `ContentInfo` holding
+//! `SignedData` over a `TSTInfo`), as the bundle spec says and TSAs answer. Its message imprint
 //! is SHA-256 of the bundle's signature bytes (the message signature, or the DSSE envelope's
 //! signature): that is what sigstore-verify hashes. The CMS signer is named by issuer and serial
 //! number; the signed attributes are contentType, messageDigest and ESS signingCertificateV2.
+//!
+//! `genTime` comes in both forms RFC 3161 §2.4.2 allows: whole seconds (`20261130101112Z`,
+//! [`TestTsa::timestamp`]) and with a fraction of a second (`20261130101112.345Z`,
+//! [`TestTsa::timestamp_millis`]), as many real TSAs write it. [`TestTsa::timestamp_gen_time`]
+//! signs any text at all, for tokens that are validly signed but carry a malformed time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +27,7 @@ use rcgen::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::der::{explicit, octets, oid, seq, set_of, uint};
+use crate::der::{explicit, octets, oid, seq, set_of, tlv, uint};
 
 const SHA256: &[u64] = &[2, 16, 840, 1, 101, 3, 4, 2, 1];
 const ECDSA_WITH_SHA256: &[u64] = &[1, 2, 840, 10045, 4, 3, 2];
@@ -34,6 +40,8 @@ const EXTENDED_KEY_USAGE: &[u64] = &[2, 5, 29, 37];
 const TIME_STAMPING: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 3, 8];
 /// The TSA policy OID its tokens name (a private arc: nothing checks it).
 const TSA_POLICY: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 99, 1];
+/// Tag of a GeneralizedTime.
+const GENERALIZED_TIME: u8 = 0x18;
 
 /// A test timestamp authority; see the module doc.
 pub struct TestTsa {
@@ -83,16 +91,37 @@ impl TestTsa {
         })
     }
 
-    /// A DER RFC 3161 `TimeStampToken` over `signature` (imprint: SHA-256 of these bytes) with
-    /// `genTime` = unix second `time`.
+    /// A DER RFC 3161 `TimeStampResp` whose token is over `signature` (imprint: SHA-256 of these
+    /// bytes) with `genTime` = unix second `time`, in whole seconds (`YYYYMMDDhhmmssZ`).
     pub fn timestamp(&self, signature: &[u8], time: i64) -> Vec<u8> {
+        self.token(signature, &crate::der::generalized_time(time))
+    }
+
+    /// Like [`TestTsa::timestamp`], at `millis` milliseconds past the second `time`, written as
+    /// DER writes a fraction: `20261130101112.345Z`, trailing zeros dropped (`.5`, not `.500`),
+    /// and no fraction at all for 0.
+    pub fn timestamp_millis(&self, signature: &[u8], time: i64, millis: u16) -> Vec<u8> {
+        assert!(millis < 1000, "{millis} ms is not a fraction of a second");
+        let digits = format!("{millis:03}");
+        self.timestamp_gen_time(signature, &gen_time(time, digits.trim_end_matches('0')))
+    }
+
+    /// A response whose token's `genTime` is exactly the characters `gen_time` (e.g.
+    /// `20261130101112.340Z`, which DER forbids): validly signed whatever it says.
+    pub fn timestamp_gen_time(&self, signature: &[u8], gen_time: &str) -> Vec<u8> {
+        self.token(signature, &tlv(GENERALIZED_TIME, gen_time.as_bytes()))
+    }
+
+    /// The `TimeStampResp` granting the signed token, `gen_time` being the whole GeneralizedTime
+    /// TLV of its `TSTInfo`.
+    fn token(&self, signature: &[u8], gen_time: &[u8]) -> Vec<u8> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let tst_info = seq(&[
             &uint(1),
             &oid(TSA_POLICY),
             &seq(&[&seq(&[&oid(SHA256)]), &octets(&Sha256::digest(signature))]),
             &uint(serial),
-            &crate::der::generalized_time(time),
+            gen_time,
         ]);
         let encap = seq(&[&oid(TST_INFO), &explicit(0, &octets(&tst_info))]);
         let signed_data = seq(&[
@@ -102,7 +131,9 @@ impl TestTsa {
             &explicit(0, &self.leaf_der), // certificates [0] IMPLICIT SET OF
             &set_of(vec![self.signer_info(&tst_info)]),
         ]);
-        seq(&[&oid(SIGNED_DATA), &explicit(0, &signed_data)])
+        let token = seq(&[&oid(SIGNED_DATA), &explicit(0, &signed_data)]);
+        let granted = seq(&[&uint(0)]); // PKIStatusInfo { status granted }
+        seq(&[&granted, &token])
     }
 
     /// The CMS `SignerInfo`: the leaf's ECDSA signature over the DER SET of signed attributes.
@@ -128,6 +159,24 @@ impl TestTsa {
             &octets(&signature),
         ])
     }
+}
+
+/// The text of a `genTime` at unix second `time`: `YYYYMMDDhhmmss`, then `.` and `fraction`
+/// when that is not empty, then `Z`. The fraction is written as given (trailing zeros, letters
+/// and all), so negative fixtures can be made with it.
+pub fn gen_time(time: i64, fraction: &str) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(time)
+        .unwrap_or_else(|e| panic!("unix time {time} out of range: {e}"));
+    let point = if fraction.is_empty() { "" } else { "." };
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}{point}{fraction}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// The TSA leaf for `key`, issued by `root`: CN `test tsa`, digitalSignature, and the
@@ -171,8 +220,10 @@ mod tests {
     #[test]
     fn token_carries_the_imprint_and_time() {
         let tsa = TestTsa::new();
-        let token = tsa.timestamp(b"sig", 0);
-        let content_info = read(&token);
+        let response = tsa.timestamp(b"sig", 0);
+        let status = read(read(&response).content);
+        assert_eq!(status.raw, seq(&[&uint(0)]));
+        let content_info = read(status.rest);
         let signed_data = read(read(read(content_info.content).rest).content);
         let version = read(signed_data.content);
         let encap = read(read(version.rest).rest);
@@ -180,6 +231,44 @@ mod tests {
         let tst_info = read(read(e_content.content).content).raw.to_vec();
         assert!(contains(&tst_info, &Sha256::digest(b"sig")));
         assert!(contains(&tst_info, b"19700101000000Z"));
+    }
+
+    /// The `genTime` TLV of `token`'s TSTInfo.
+    fn gen_time_of(response: &[u8]) -> Vec<u8> {
+        let content_info = read(read(read(response).content).rest);
+        let signed_data = read(read(read(content_info.content).rest).content);
+        let encap = read(read(read(signed_data.content).rest).rest);
+        let tst_info = read(read(read(read(encap.content).rest).content).content);
+        let policy = read(read(tst_info.content).rest);
+        let imprint = read(policy.rest);
+        let serial = read(imprint.rest);
+        read(serial.rest).raw.to_vec()
+    }
+
+    #[test]
+    fn gen_time_comes_in_whole_seconds_and_with_a_fraction() {
+        let tsa = TestTsa::new();
+        // 2026-11-30T10:11:12Z
+        let at = 1_796_033_472;
+        assert_eq!(gen_time(at, ""), "20261130101112Z");
+        assert_eq!(gen_time(at, "345"), "20261130101112.345Z");
+        let whole = gen_time_of(&tsa.timestamp(b"sig", at));
+        assert_eq!(whole, tlv(GENERALIZED_TIME, b"20261130101112Z"));
+        for (millis, text) in [
+            (345, "20261130101112.345Z"),
+            (340, "20261130101112.34Z"),
+            (5, "20261130101112.005Z"),
+            (500, "20261130101112.5Z"),
+            (0, "20261130101112Z"),
+        ] {
+            let token = tsa.timestamp_millis(b"sig", at, millis);
+            assert_eq!(gen_time_of(&token), tlv(GENERALIZED_TIME, text.as_bytes()));
+        }
+        let bad = tsa.timestamp_gen_time(b"sig", "20261130101112.340Z");
+        assert_eq!(
+            gen_time_of(&bad),
+            tlv(GENERALIZED_TIME, b"20261130101112.340Z")
+        );
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {

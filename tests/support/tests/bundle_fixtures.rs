@@ -251,3 +251,50 @@ fn intoto_entries_verify_in_v03_bundles() {
     assert_eq!(entry(&bundle)["kindVersion"]["kind"], "intoto");
     keyless(&ss, &bundle, &digest).unwrap();
 }
+
+#[test]
+fn timestamps_with_fractional_seconds_verify() {
+    // RFC 3161 allows a fraction of a second in genTime, and many TSAs write milliseconds.
+    let ss = TestSigstore::new();
+    let leaf = leaf(&ss);
+    let digest = digest_of(MANIFEST);
+    let millis = |r: Result<sigstore_verify::VerificationResult, String>| -> Vec<i64> {
+        let result = r.unwrap();
+        let times = result.verified_timestamps().iter();
+        times.map(|t| t.as_millisecond()).collect()
+    };
+
+    // Without a SET the timestamp is the only signing time.
+    let message = ss
+        .message_bundle(Signer::Keyless(&leaf), &digest)
+        .at(SIGNED_AT)
+        .without_set()
+        .with_timestamp_millis_at(SIGNED_AT, 345)
+        .build();
+    let token = signed_timestamps(&message).remove(0);
+    let text = portcullis_testkit::tsa::gen_time(SIGNED_AT, "345");
+    assert!(text.ends_with(".345Z"), "{text}");
+    assert!(token.windows(text.len()).any(|w| w == text.as_bytes()));
+    assert_eq!(
+        millis(keyless(&ss, &message, &digest)),
+        [SIGNED_AT * 1000 + 345]
+    );
+
+    // Rekor v2 DSSE: both forms side by side, each verified to the millisecond.
+    let dsse = ss
+        .dsse_bundle(Signer::Keyless(&leaf), &cosign_sign_v1_statement(&digest))
+        .at(SIGNED_AT)
+        .log_entry(LogEntry::RekorV2)
+        .with_timestamp_millis_at(SIGNED_AT + 1, 5)
+        .with_timestamp()
+        .with_timestamp_millis_at(SIGNED_AT, 500)
+        .build();
+    assert_eq!(
+        millis(keyless(&ss, &dsse, &digest)),
+        [
+            (SIGNED_AT + 1) * 1000 + 5,
+            SIGNED_AT * 1000,
+            SIGNED_AT * 1000 + 500
+        ]
+    );
+}

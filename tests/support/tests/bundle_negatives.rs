@@ -182,3 +182,62 @@ fn signer_or_log_outside_the_root_fails() {
         "invalid checkpoint: No matching Rekor key found for checkpoint signature",
     );
 }
+
+/// RFC 3161 genTime is DER: a fraction of a second is allowed, but only as `.` and digits with
+/// no trailing zero, in UTC (`Z`). A token validly signed over any other time is refused, while
+/// the same TSA's whole-second and millisecond tokens verify.
+#[test]
+fn timestamps_with_malformed_fractions_fail() {
+    use portcullis_testkit::tsa::gen_time;
+    let ss = TestSigstore::new();
+    let leaf = leaf(&ss);
+    let digest = digest_of(MANIFEST);
+    let stamped = |text: &str| {
+        ss.message_bundle(Signer::Keyless(&leaf), &digest)
+            .at(SIGNED_AT)
+            .without_set()
+            .with_timestamp_gen_time(text)
+            .build()
+    };
+    keyless(&ss, &stamped(&gen_time(SIGNED_AT, "")), &digest).unwrap();
+    keyless(&ss, &stamped(&gen_time(SIGNED_AT, "345")), &digest).unwrap();
+    let fraction = gen_time(SIGNED_AT, "345");
+    for text in [
+        gen_time(SIGNED_AT, "340"),        // trailing zero
+        gen_time(SIGNED_AT, "0"),          // zero fraction (DER omits it)
+        gen_time(SIGNED_AT, "3a5"),        // not a digit
+        gen_time(SIGNED_AT, "1234567891"), // finer than a nanosecond
+        fraction.replace('.', ","),        // comma separator
+        fraction.replace('Z', ""),         // local time
+        fraction.replace('Z', "+0000"),    // offset instead of Z
+        fraction.replace(".345", "."),     // a point without digits
+    ] {
+        let result = keyless(&ss, &stamped(&text), &digest);
+        assert_fails(
+            result,
+            "invalid RFC 3161 timestamp: TSA timestamp verification failed: Failed to parse \
+             timestamp response: failed to decode TSTInfo",
+        );
+    }
+}
+
+/// The fraction is part of the signing time: one millisecond past the leaf's `notAfter` is
+/// after it.
+#[test]
+fn a_fraction_past_not_after_is_after_it() {
+    let ss = TestSigstore::new();
+    let leaf = leaf(&ss);
+    let digest = digest_of(MANIFEST);
+    let stamped = |millis: u16| {
+        ss.message_bundle(Signer::Keyless(&leaf), &digest)
+            .at(SIGNED_AT)
+            .without_set()
+            .with_timestamp_millis_at(NOT_AFTER, millis)
+            .build()
+    };
+    keyless(&ss, &stamped(0), &digest).unwrap();
+    assert_fails(
+        keyless(&ss, &stamped(1), &digest),
+        "certificate had expired at",
+    );
+}

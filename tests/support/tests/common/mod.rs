@@ -90,3 +90,20 @@ pub fn entry(bundle: &str) -> Value {
     let b: Value = serde_json::from_str(bundle).unwrap();
     b["verificationMaterial"]["tlogEntries"][0].clone()
 }
+
+/// The DER RFC 3161 responses (`signedTimestamp`) of the bundle's `rfc3161Timestamps`, in order.
+pub fn signed_timestamps(bundle: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let b: Value = serde_json::from_str(bundle).unwrap();
+    let stamps = &b["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"];
+    let stamps = stamps.as_array().map(Vec::as_slice).unwrap_or_default();
+    stamps
+        .iter()
+        .map(|s| {
+            let b64 = s["signedTimestamp"].as_str().unwrap();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        })
+        .collect()
+}
