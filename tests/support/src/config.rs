@@ -168,9 +168,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// `[metrics] listen`.
-    pub fn metrics(mut self, listen: SocketAddr) -> ConfigBuilder {
-        self.config.metrics.listen = Some(listen);
+    /// `[metrics] listen = "127.0.0.1:<port>"`.
+    pub fn metrics(mut self, port: u16) -> ConfigBuilder {
+        self.config.metrics.listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
         self
     }
 
@@ -191,6 +191,8 @@ impl ConfigBuilder {
                     images: strings(images),
                 })
                 .collect(),
+            max_failures: 10,
+            concurrent_hashes: 2,
         });
         self
     }
@@ -243,7 +245,10 @@ fn strings(s: &[&str]) -> Vec<String> {
 /// written from its fields here.
 pub fn to_toml(config: &Config) -> String {
     let mut text = toml::to_string(config).expect("a Config serializes to TOML");
-    if let Some(AuthConfig { users_file, grants }) = &config.auth {
+    if let Some(AuthConfig {
+        users_file, grants, ..
+    }) = &config.auth
+    {
         let mut auth = toml::Table::new();
         auth.insert("users_file".into(), path_value(users_file));
         let grants = grants
@@ -453,7 +458,7 @@ mod tests {
                     .attestation("https://slsa.dev/provenance/v1", &["ci"], &["true"])
                     .threshold(1),
             )
-            .metrics(([127, 0, 0, 1], 9100).into())
+            .metrics(9100)
             .json_logs()
             .auth(&users, &[(&["alice"], &["**"])])
             .mirror(&["127.0.0.1:5001/keyed/app:v1".to_owned()]);

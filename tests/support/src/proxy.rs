@@ -28,10 +28,11 @@ impl Proxy {
     /// `bin` is the portcullis binary (tests pass `env!("CARGO_BIN_EXE_portcullis")`).
     ///
     /// Writes `config` to `workdir/portcullis.toml` for `127.0.0.1:<free port>` and a cache in
-    /// `workdir/data` (a typed [`Config`](portcullis::Config) or [`ConfigBuilder`](crate::ConfigBuilder),
-    /// or TOML text with `{LISTEN}` and `{DATA}` for those: see [`ProxyConfig`]), runs
-    /// `bin serve --config FILE` with its output appended to `workdir/proxy.log`, and waits until
-    /// `GET /v2/` answers 200, or 401 with `[auth]` on (20 s; panics with the log tail).
+    /// `workdir/data`: a typed [`Config`](portcullis::Config) or
+    /// [`ConfigBuilder`](crate::ConfigBuilder), or TOML text with `{LISTEN}` and `{DATA}` for
+    /// those (see [`ProxyConfig`]). Then it runs `bin serve --config FILE` with its output
+    /// appended to `workdir/proxy.log`, and waits until `GET /v2/` answers 200, or 401 with
+    /// `[auth]` on (20 s; panics with the log tail).
     pub fn start(bin: &Path, workdir: &Path, config: &(impl ProxyConfig + ?Sized)) -> Proxy {
         std::fs::create_dir_all(workdir).expect("create proxy workdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -89,8 +90,8 @@ impl Proxy {
 
     /// Sends SIGHUP and waits for the reload it starts to finish: `Ok` once the proxy logged
     /// `config reloaded` (the new configuration and certificates are in force), `Err` with the
-    /// log line if it logged `config reload rejected` (the previous one stays). See
-    /// [`reload_by_sighup`].
+    /// log from that line on if it logged `config reload rejected` (the previous one stays).
+    /// See [`reload_by_sighup`].
     pub fn reload(&self) -> Result<(), String> {
         let pid = self.pid().expect("the proxy is not running");
         reload_by_sighup(pid, &self.log)
@@ -147,8 +148,9 @@ const REJECTED: &str = "config reload rejected";
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Sends SIGHUP to the portcullis `pid` that logs to `log`, and waits (15 s) for the outcome of
-/// the reload that signal starts: `Ok` on `config reloaded`, `Err(line)` on `config reload
-/// rejected`; panics with the log tail if neither comes.
+/// the reload that signal starts: `Ok` on `config reloaded`, `Err` on `config reload rejected`
+/// (the log from that line on: the reason may span lines); panics with the log tail if neither
+/// comes.
 ///
 /// The proxy handles reloads one at a time and logs `SIGHUP received` before each SIGHUP's, so
 /// the outcome that counts is the first after this signal's line, however many reloads (a file
@@ -171,11 +173,18 @@ pub fn reload_by_sighup(pid: u32, log: &Path) -> Result<(), String> {
     while start.elapsed() < RELOAD_TIMEOUT {
         let text = read();
         if let Some((at, _)) = text.match_indices(HUP_RECEIVED).nth(before) {
-            let outcome = text[at..]
-                .lines()
-                .find(|l| l.contains(RELOADED) || l.contains(REJECTED));
+            let after = &text[at..];
+            let outcome = [RELOADED, REJECTED]
+                .map(|needle| after.find(needle))
+                .into_iter()
+                .flatten()
+                .min();
             match outcome {
-                Some(line) if line.contains(REJECTED) => return Err(line.to_owned()),
+                Some(i) if after[i..].starts_with(REJECTED) => {
+                    // From the start of that line: the error may span several.
+                    let line = after[..i].rfind('\n').map_or(0, |n| n + 1);
+                    return Err(after[line..].to_owned());
+                }
                 Some(_) => return Ok(()),
                 None => {}
             }
