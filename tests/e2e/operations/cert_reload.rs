@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use portcullis_testkit::{config_for, push, sha256_hex, Image};
+use portcullis_testkit::{push, sha256_hex, ConfigBuilder, Image};
 
 use super::pki::{served_serial, Use};
 use super::support::*;
@@ -19,12 +19,8 @@ fn certificates_reload_on_sighup_and_file_change_without_dropping_a_download() {
     let key = w.work.join("tls.key");
     std::fs::copy(pki.dir.join("srv-chain.pem"), &cert).unwrap();
     std::fs::copy(pki.key("srv"), &key).unwrap();
-    let config = tls_config(
-        &config_for(&w.upstream.host(), &w.upstream.url(), ""),
-        &cert,
-        &key,
-        None,
-    );
+    let config =
+        ConfigBuilder::pull_through(&w.upstream.host(), &w.upstream.url()).tls(&cert, &key);
     let proxy = TlsProxy::start(&w.work.join("proxy"), &config, &["-k"]);
     let root = pki.pem("root");
     let cacert = root.to_str().unwrap();
@@ -68,13 +64,13 @@ fn certificates_reload_on_sighup_and_file_change_without_dropping_a_download() {
     pki.issue("int", "srv2", Use::Server, 0x2002, true);
     std::fs::write(&key, std::fs::read(pki.key("srv2")).unwrap()).unwrap();
     std::fs::write(&cert, std::fs::read(pki.chain("srv2", &["int"])).unwrap()).unwrap();
-    proxy.hup();
-    assert!(
-        eventually(Duration::from_secs(5), || served_serial(proxy.addr)
-            .as_deref()
-            == Some("2002")),
-        "new connections get the new certificate after SIGHUP (serving {:?}):\n{}",
-        served_serial(proxy.addr),
+    proxy
+        .reload()
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_eq!(
+        served_serial(proxy.addr).as_deref(),
+        Some("2002"),
+        "new connections get the new certificate after SIGHUP:\n{}",
         proxy.log()
     );
     assert_eq!(curl_status(&v2, &["--cacert", cacert]), Some(200));
@@ -114,13 +110,13 @@ fn certificates_reload_on_sighup_and_file_change_without_dropping_a_download() {
     // Not in so many words in the contract, but by analogy with a bad config: a broken
     // certificate file is not taken; the last good certificate stays in force.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot a certificate\n").unwrap();
-    proxy.hup();
-    std::thread::sleep(Duration::from_secs(3));
+    let rejected = proxy
+        .reload()
+        .expect_err("a broken certificate file is not taken");
     assert_eq!(
         served_serial(proxy.addr).as_deref(),
         Some("3003"),
-        "{}",
-        proxy.log()
+        "{rejected}"
     );
     assert_eq!(
         curl_status(&v2, &["--cacert", cacert]),
@@ -133,66 +129,32 @@ fn certificates_reload_on_sighup_and_file_change_without_dropping_a_download() {
 #[test]
 fn a_rejected_reload_leaves_the_certificate_in_force_too() {
     let w = TlsWorld::new();
-    let proxy = TlsProxy::start(
-        &w.work.join("proxy"),
-        &w.config(&w.upstream.host(), None, ""),
-        &["-k"],
-    );
+    let config = w.config(&w.upstream.host());
+    let proxy = TlsProxy::start(&w.work.join("proxy"), &config, &["-k"]);
     assert_eq!(served_serial(proxy.addr).as_deref(), Some("1001"));
-    let config = std::fs::read_to_string(w.work.join("proxy/portcullis.toml")).unwrap();
     w.pki.issue("int", "srv2", Use::Server, 0x2002, false);
-    let chain2 = w.pki.chain("srv2", &["int"]);
-    let with_new_cert = config
-        .replace(
-            &w.pki.dir.join("srv-chain.pem").display().to_string(),
-            &chain2.display().to_string(),
-        )
-        .replace(
-            &w.pki.key("srv").display().to_string(),
-            &w.pki.key("srv2").display().to_string(),
-        );
-    assert_ne!(with_new_cert, config);
+    let with_new_cert = config.tls(&w.pki.chain("srv2", &["int"]), &w.pki.key("srv2"));
     // The same new certificate, in a config that cannot be applied: the upstream's credentials
     // come from environment variables that are not set.
-    let unusable = with_new_cert.replace(
-        "default = true\n",
-        "default = true\nusername_env = \"PORTCULLIS_TEST_UNSET_USER\"\n\
-         password_env = \"PORTCULLIS_TEST_UNSET_PASS\"\n",
-    );
-    assert_ne!(unusable, with_new_cert);
-    let path = w.work.join("proxy/portcullis.toml");
-    std::fs::write(&path, &unusable).unwrap();
-    proxy.hup();
-    assert!(
-        eventually(Duration::from_secs(5), || proxy
-            .log()
-            .contains("config reload rejected")),
-        "{}",
-        proxy.log()
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let unusable = with_new_cert
+        .clone()
+        .with_upstream(&w.upstream.host(), |u| {
+            u.username_env = Some("PORTCULLIS_TEST_UNSET_USER".into());
+            u.password_env = Some("PORTCULLIS_TEST_UNSET_PASS".into());
+        });
+    let rejected = proxy.reconfigure(&unusable).unwrap_err();
     assert_eq!(
         served_serial(proxy.addr).as_deref(),
         Some("1001"),
-        "a rejected configuration's certificate must not be put in force:\n{}",
-        proxy.log()
+        "a rejected configuration's certificate must not be put in force:\n{rejected}"
     );
 
-    let reloaded = count(&proxy.log(), "config reloaded");
-    std::fs::write(&path, &with_new_cert).unwrap();
-    proxy.hup();
-    assert!(
-        eventually(Duration::from_secs(5), || count(
-            &proxy.log(),
-            "config reloaded"
-        ) > reloaded),
-        "{}",
-        proxy.log()
-    );
-    assert!(
-        eventually(Duration::from_secs(3), || served_serial(proxy.addr)
-            .as_deref()
-            == Some("2002")),
+    proxy
+        .reconfigure(&with_new_cert)
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_eq!(
+        served_serial(proxy.addr).as_deref(),
+        Some("2002"),
         "new tls_cert/tls_key paths in a reloaded config are put in force:\n{}",
         proxy.log()
     );

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use portcullis_testkit::cosign::{push_signature, simple_signing_payload, CosignKey, SigLayer};
 use portcullis_testkit::{
-    manifest_digest_in_registry, push, require_tools, tempdir, Containerd, Image, Proxy, Registry,
+    manifest_digest_in_registry, push, require_tools, tempdir, ConfigBuilder, Containerd, Image,
+    Proxy, Registry, Rule,
 };
 
 use super::pki::Pki;
@@ -29,7 +30,7 @@ fn podman_pulls_over_tls_with_cert_dir() {
     let w = TlsWorld::new();
     let proxy = TlsProxy::start(
         &w.work.join("proxy"),
-        &w.config(&w.upstream.host(), None, ""),
+        &w.config(&w.upstream.host()),
         &["-k"],
     );
     let registries = w.work.join("registries.conf");
@@ -219,11 +220,7 @@ fn docker_engine_pulls_through_registry_mirrors_over_tls() {
     );
     let w = TlsWorld::new();
     push(Image::Small, &w.upstream, "library/alpine:latest");
-    let proxy = TlsProxy::start(
-        &w.work.join("proxy"),
-        &w.config("docker.io", None, ""),
-        &["-k"],
-    );
+    let proxy = TlsProxy::start(&w.work.join("proxy"), &w.config("docker.io"), &["-k"]);
     let _cert = DockerCert::install(&proxy.host(), &w.pki.pem("root"));
     let ctd = Containerd::start(&w.work.join("ctd"));
     let dockerd = Dockerd::start(
@@ -352,27 +349,19 @@ fn gate_config(
     key_pub: &Path,
     names: &[&str],
     allowed: &str,
-) -> String {
-    let mut text = String::from("[server]\nlisten = \"{LISTEN}\"\n[cache]\ndir = \"{DATA}\"\n");
+) -> ConfigBuilder {
+    let mut config = ConfigBuilder::new();
     for (i, name) in names.iter().enumerate() {
-        text.push_str(&format!(
-            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n"
-        ));
-        if i == 0 {
-            text.push_str("default = true\n");
-        }
-        if let Some(ca) = ca {
-            text.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
-        }
+        config = if i == 0 {
+            config.default_upstream(name, url)
+        } else {
+            config.upstream(name, url)
+        };
+        config = config.with_upstream(name, |u| u.ca_file = ca.map(Path::to_owned));
     }
-    text.push_str(&format!(
-        "[policy]\ndefault = \"deny\"\n\
-         [[trust.key]]\nname = \"release\"\npath = \"{}\"\n\
-         [[rule]]\nname = \"signed\"\nimages = [\"{allowed}\"]\n\
-         [[rule.authority]]\nkey = \"release\"\n",
-        key_pub.display()
-    ));
-    text
+    config
+        .trust_key("release", key_pub)
+        .rule(Rule::new("signed", &[allowed]).key("release"))
 }
 
 /// An upstream holding `test/signed:v1` (signed) and `test/unsigned:v1` (not signed, and another

@@ -3,9 +3,8 @@
 use std::path::Path;
 
 use portcullis_testkit::http;
-use portcullis_testkit::{config_for, free_port, require_tools, tempdir, Proxy, Registry};
+use portcullis_testkit::{free_port, require_tools, tempdir, ConfigBuilder, Proxy, Registry};
 
-use super::prometheus::metrics_extra;
 use super::support::BIN;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,7 +16,7 @@ async fn healthz_and_readyz_on_both_listeners() {
     let p = Proxy::start(
         Path::new(BIN),
         &work.path().join("p"),
-        &config_for(&upstream.host(), &upstream.url(), &metrics_extra(mport)),
+        &ConfigBuilder::pull_through(&upstream.host(), &upstream.url()).metrics(mport),
     );
     for base in [p.url(), format!("http://127.0.0.1:{mport}")] {
         let live = http::get(&format!("{base}/healthz")).await;

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use portcullis_testkit::http;
 use portcullis_testkit::{
-    config_for, push, require_tools, skopeo_copy, tempdir, Image, Proxy, Registry,
+    push, require_tools, skopeo_copy, tempdir, ConfigBuilder, Image, Proxy, Registry,
 };
 
-use super::support::{kill_signal, BIN};
+use super::support::BIN;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_log_lines_are_json_with_request_fields() {
@@ -19,7 +19,7 @@ async fn json_log_lines_are_json_with_request_fields() {
     let p = Proxy::start(
         Path::new(BIN),
         &work.path().join("p"),
-        &config_for(&host, &upstream.url(), "[log]\nformat = \"json\"\n"),
+        &ConfigBuilder::pull_through(&host, &upstream.url()).json_logs(),
     );
     skopeo_copy(
         &format!("{}/test/small:v1", p.host()),
@@ -29,9 +29,8 @@ async fn json_log_lines_are_json_with_request_fields() {
     let refused = http::get(&format!("{}/v2/test/small/manifests/nope", p.url())).await;
     assert_eq!(refused.status, 404);
     // A reload's lines are JSON too.
-    kill_signal(p.pid().unwrap(), "HUP");
-    let log = p.wait_for_log("config reloaded");
-    assert!(log.contains("config reloaded"), "{log}");
+    p.reload().expect("the same config reloads");
+    let log = p.log_contents();
 
     let name = format!("{host}/test/small");
     let mut lines = Vec::new();

@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bytesize::ByteSize;
 use portcullis_testkit::http;
 use portcullis_testkit::{
-    config_for, free_port, push, require_tools, sha256_hex, skopeo_copy, tempdir, Fault,
+    free_port, push, require_tools, sha256_hex, skopeo_copy, tempdir, ConfigBuilder, Fault,
     FaultServer, Image, Proxy, Registry,
 };
 
@@ -52,15 +53,11 @@ async fn metrics_move_during_a_pull() {
     let host = upstream.host();
     let mport = free_port();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let extra = format!(
-        "[[upstream]]\nname = \"dead.test\"\nurl = \"{dead}\"\nconnect_timeout = \"2s\"\n\n{}",
-        metrics_extra(mport)
-    );
-    let p = Proxy::start(
-        Path::new(BIN),
-        &work.path().join("p"),
-        &config_for(&host, &upstream.url(), &extra),
-    );
+    let config = ConfigBuilder::pull_through(&host, &upstream.url())
+        .upstream("dead.test", &dead)
+        .with_upstream("dead.test", |u| u.connect_timeout = Duration::from_secs(2))
+        .metrics(mport);
+    let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     let before = scrape(mport).await;
     for name in METRICS {
         assert!(
@@ -202,9 +199,12 @@ async fn metrics_count_singleflight_joins_and_stale_serves() {
         bytes_per_sec: 16 << 20,
     });
     let mport = free_port();
-    let config = config_for(&upstream.host(), &slow.url(), &metrics_extra(mport))
-        .replace("tag_ttl = \"5m\"", "tag_ttl = \"1s\"")
-        .replace("read_timeout = \"5s\"", "read_timeout = \"2s\"");
+    let config = ConfigBuilder::pull_through(&upstream.host(), &slow.url())
+        .cache(|c| c.tag_ttl = Duration::from_secs(1))
+        .with_upstream(&upstream.host(), |u| {
+            u.read_timeout = Duration::from_secs(2)
+        })
+        .metrics(mport);
     let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     let manifest_url = format!("{}/v2/test/big/manifests/v1", p.url());
     let manifest = http::get(&manifest_url).await;
@@ -260,8 +260,9 @@ async fn metrics_count_evictions() {
     push(Image::Small, &upstream, "test/small:v1");
     push(Image::Big, &upstream, "test/big:v1");
     let mport = free_port();
-    let config = config_for(&upstream.host(), &upstream.url(), &metrics_extra(mport))
-        .replace("max_size = \"2GiB\"", "max_size = \"1MiB\"");
+    let config = ConfigBuilder::pull_through(&upstream.host(), &upstream.url())
+        .cache(|c| c.max_size = ByteSize::mib(1))
+        .metrics(mport);
     let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     skopeo_copy(
         &format!("{}/test/small:v1", p.host()),

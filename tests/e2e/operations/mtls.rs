@@ -19,7 +19,7 @@ fn client_ca_refuses_clients_without_a_certificate_it_signed_and_reloads() {
     let (alice_pem, alice_key) = (abs("alice", "pem"), abs("alice", "key"));
     let proxy = TlsProxy::start(
         &w.work.join("proxy"),
-        &w.config(&w.upstream.host(), Some(&client_ca), ""),
+        &w.config(&w.upstream.host()).client_ca(&client_ca),
         &["-k", "--cert", &alice_pem, "--key", &alice_key],
     );
     let root = pki.pem("root");
@@ -110,11 +110,13 @@ fn client_ca_refuses_clients_without_a_certificate_it_signed_and_reloads() {
     pki.issue("clients2", "bob", Use::Client, 0x601, false);
     let (bob_pem, bob_key) = (abs("bob", "pem"), abs("bob", "key"));
     std::fs::copy(pki.pem("clients2"), &client_ca).unwrap();
-    proxy.hup();
+    proxy
+        .reload()
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     let bob = ["--cacert", cacert, "--cert", &bob_pem, "--key", &bob_key];
-    assert!(
-        eventually(Duration::from_secs(5), || curl_status(&v2, &bob)
-            == Some(200)),
+    assert_eq!(
+        curl_status(&v2, &bob),
+        Some(200),
         "a client of the new client_ca is let in after SIGHUP:\n{}",
         proxy.log()
     );

@@ -126,10 +126,6 @@ pub(crate) async fn scrape(metrics_port: u16) -> Scrape {
     }
 }
 
-pub(crate) fn metrics_extra(port: u16) -> String {
-    format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
-}
-
 /// Bytes of the manifest and blobs in a skopeo `dir:` copy.
 pub(crate) fn pulled_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)

@@ -17,11 +17,7 @@ fn sigterm_during_a_tls_download(
     http_version: &str,
     idle_client: bool,
 ) -> (bool, String) {
-    let mut proxy = TlsProxy::start(
-        &w.work.join(sub),
-        &w.config(&w.upstream.host(), None, ""),
-        &["-k"],
-    );
+    let mut proxy = TlsProxy::start(&w.work.join(sub), &w.config(&w.upstream.host()), &["-k"]);
     let root = w.pki.pem("root");
     let cacert = root.to_str().unwrap();
     let manifest = curl(&[

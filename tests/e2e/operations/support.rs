@@ -6,7 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_testkit::http::Response;
-use portcullis_testkit::{config_for, free_port, push, require_tools, tempdir, Image, Registry};
+use portcullis_testkit::{
+    free_port, push, reload_by_sighup, require_tools, tempdir, ConfigBuilder, Image, ProxyConfig,
+    Registry,
+};
 
 use super::pki::{Pki, Use};
 pub(crate) use portcullis_testkit::dir_files as files;
@@ -124,20 +127,29 @@ pub(crate) fn skopeo(flags: &[&str], src: &str, dest: &Path) -> Out {
 /// starts the binary itself and probes with curl. Killed on drop.
 pub(crate) struct TlsProxy {
     pub(crate) addr: SocketAddr,
+    /// `workdir/portcullis.toml`.
+    config: PathBuf,
+    /// `workdir/data`, the cache.
+    data: PathBuf,
     log: PathBuf,
     pub(crate) child: Child,
 }
 
 impl TlsProxy {
-    /// Writes `config_toml` (with `{LISTEN}` and `{DATA}` replaced, as [`Proxy::start`] does) to
-    /// `workdir/portcullis.toml`, runs `portcullis serve`, and waits (20 s) until
+    /// Writes `config` to `workdir/portcullis.toml` as [`Proxy::start`] does (its address, a
+    /// cache in `workdir/data`), runs `portcullis serve`, and waits (20 s) until
     /// `curl PROBE https://ADDR/v2/` answers 200.
-    pub(crate) fn start(workdir: &Path, config_toml: &str, probe: &[&str]) -> TlsProxy {
+    ///
+    /// [`Proxy::start`]: portcullis_testkit::Proxy::start
+    pub(crate) fn start(
+        workdir: &Path,
+        config: &(impl ProxyConfig + ?Sized),
+        probe: &[&str],
+    ) -> TlsProxy {
         std::fs::create_dir_all(workdir).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let text = config_toml
-            .replace("{LISTEN}", &addr.to_string())
-            .replace("{DATA}", &workdir.join("data").display().to_string());
+        let data = workdir.join("data");
+        let text = config.render(addr, &data);
         let config = workdir.join("portcullis.toml");
         std::fs::write(&config, text).unwrap();
         let log = workdir.join("proxy.log");
@@ -155,7 +167,13 @@ impl TlsProxy {
             .stderr(out)
             .spawn()
             .expect("spawn portcullis");
-        let mut proxy = TlsProxy { addr, log, child };
+        let mut proxy = TlsProxy {
+            addr,
+            config: config.clone(),
+            data,
+            log,
+            child,
+        };
         let url = format!("{}/v2/", proxy.url());
         let start = Instant::now();
         while curl_status(&url, probe) != Some(200) {
@@ -180,8 +198,17 @@ impl TlsProxy {
         self.addr.to_string()
     }
 
-    pub(crate) fn hup(&self) {
-        kill_signal(self.child.id(), "HUP");
+    /// SIGHUP, and the outcome of the reload it starts (see [`Proxy::reload`]).
+    ///
+    /// [`Proxy::reload`]: portcullis_testkit::Proxy::reload
+    pub(crate) fn reload(&self) -> Result<(), String> {
+        reload_by_sighup(self.child.id(), &self.log)
+    }
+
+    /// Rewrites the config file (this proxy's address and cache), then [`reload`](Self::reload).
+    pub(crate) fn reconfigure(&self, config: &(impl ProxyConfig + ?Sized)) -> Result<(), String> {
+        std::fs::write(&self.config, config.render(self.addr, &self.data)).unwrap();
+        self.reload()
     }
 
     pub(crate) fn log(&self) -> String {
@@ -194,20 +221,6 @@ impl Drop for TlsProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `config_for` with `[server] tls_cert` and `tls_key` (and `client_ca` if given).
-pub(crate) fn tls_config(base: &str, cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
-    let mut server = format!(
-        "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    if let Some(ca) = client_ca {
-        server.push_str(&format!("client_ca = \"{}\"\n", ca.display()));
-    }
-    assert!(base.starts_with("[server]\n"));
-    base.replacen("[server]\n", &server, 1)
 }
 
 /// An upstream holding `test/small:v1`, and a PKI with a root CA `root`, an intermediate `int`
@@ -240,14 +253,10 @@ impl TlsWorld {
         }
     }
 
-    /// `[server]` with the chain and key, default upstream `name` = the registry.
-    pub(crate) fn config(&self, name: &str, client_ca: Option<&Path>, extra: &str) -> String {
-        tls_config(
-            &config_for(name, &self.upstream.url(), extra),
-            &self.pki.dir.join("srv-chain.pem"),
-            &self.pki.key("srv"),
-            client_ca,
-        )
+    /// TLS with the chain and key, default upstream `name` = the registry.
+    pub(crate) fn config(&self, name: &str) -> ConfigBuilder {
+        ConfigBuilder::pull_through(name, &self.upstream.url())
+            .tls(&self.pki.dir.join("srv-chain.pem"), &self.pki.key("srv"))
     }
 
     /// A dir holding the root CA as `ca.crt`: what `--cert-dir` of skopeo and podman reads.

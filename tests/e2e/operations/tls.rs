@@ -11,7 +11,7 @@ fn tls_listener_serves_skopeo_containerd_and_curl_over_h2_and_http1() {
     let w = TlsWorld::new();
     let proxy = TlsProxy::start(
         &w.work.join("proxy"),
-        &w.config(&w.upstream.host(), None, ""),
+        &w.config(&w.upstream.host()),
         &["-k"],
     );
     let root = w.pki.pem("root");
