@@ -6,29 +6,51 @@
 //! The users file holds one `name:hash` per line: an argon2 PHC string (`portcullis hash-secret`
 //! makes one) for passwords, or `sha256:<hex>` for long random tokens. Lines starting with `#`
 //! are comments.
+//!
+//! Password hashing (argon2, deliberately slow) runs off the async workers, a few at a time, and
+//! failures are counted per user and per client address: past `max_failures` a minute, neither
+//! is checked again until the minute is over, so a password flood cannot starve other clients.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine as _;
 use globset::GlobSet;
 use http::{header, HeaderMap};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 
 /// `[auth]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub users_file: PathBuf,
     #[serde(default, rename = "grant")]
     pub grants: Vec<GrantConfig>,
+    /// Failed logins a minute, per user and per client address, before both are refused
+    /// unchecked for the rest of the minute.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Password hashes checked at once (argon2 takes a core for tens of milliseconds).
+    #[serde(default = "default_hashing")]
+    pub concurrent_hashes: usize,
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+
+fn default_hashing() -> usize {
+    2
 }
 
 /// `[[auth.grant]]`: these users may pull these images (`*` for every user).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
     pub users: Vec<String>,
@@ -46,6 +68,10 @@ pub struct Authenticator {
     grants: Vec<(Vec<String>, GlobSet)>,
     /// Credentials already verified (by a hash of the header), so argon2 runs once per client.
     verified: moka::sync::Cache<[u8; 32], String>,
+    /// Failed logins in the last minute, by `user:<name>` and `peer:<address>`.
+    failures: moka::sync::Cache<String, u32>,
+    max_failures: u32,
+    hashing: Arc<Semaphore>,
 }
 
 impl Authenticator {
@@ -85,23 +111,46 @@ impl Authenticator {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(300))
                 .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            max_failures: cfg.max_failures,
+            hashing: Arc::new(Semaphore::new(cfg.concurrent_hashes.max(1))),
         })
     }
 
-    /// The user the request's `Authorization` proves, if any.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+    /// The user the request's `Authorization` proves, if any. `peer` is the client's address.
+    pub async fn authenticate(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<String> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         if let Some(user) = self.verified.get(&key) {
             return Some(user);
         }
         let (scheme, rest) = value.split_once(' ')?;
+        let peer_key = peer.map(|p| format!("peer:{p}"));
         let user = if scheme.eq_ignore_ascii_case("basic") {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(rest.trim())
                 .ok()?;
             let (name, secret) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
-            self.check(name, secret).then(|| name.to_owned())?
+            let user_key = format!("user:{name}");
+            if self.over_limit(&user_key) || peer_key.as_ref().is_some_and(|k| self.over_limit(k)) {
+                tracing::warn!(
+                    user = name,
+                    ?peer,
+                    "login refused unchecked: too many failures this minute"
+                );
+                return None;
+            }
+            if !self.check(name, secret).await {
+                self.failed(&user_key);
+                if let Some(k) = &peer_key {
+                    self.failed(k);
+                }
+                return None;
+            }
+            name.to_owned()
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let digest: [u8; 32] = Sha256::digest(rest.trim().as_bytes()).into();
             self.users
@@ -115,16 +164,36 @@ impl Authenticator {
         Some(user)
     }
 
-    fn check(&self, name: &str, secret: &str) -> bool {
+    fn over_limit(&self, key: &str) -> bool {
+        self.failures.get(key).unwrap_or(0) >= self.max_failures
+    }
+
+    fn failed(&self, key: &str) {
+        let n = self.failures.get(key).unwrap_or(0);
+        self.failures.insert(key.to_owned(), n.saturating_add(1));
+    }
+
+    async fn check(&self, name: &str, secret: &str) -> bool {
         match self.users.get(name) {
             Some(Secret::Sha256(h)) => Sha256::digest(secret.as_bytes()).as_slice() == h,
-            Some(Secret::Argon2(phc)) => PasswordHash::new(phc)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(secret.as_bytes(), &h)
-                        .is_ok()
+            Some(Secret::Argon2(phc)) => {
+                // Off the async workers, a few at a time: a flood waits here, nothing else does.
+                let Ok(_permit) = self.hashing.acquire().await else {
+                    return false;
+                };
+                let (phc, secret) = (phc.clone(), secret.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    PasswordHash::new(&phc)
+                        .map(|h| {
+                            Argon2::default()
+                                .verify_password(secret.as_bytes(), &h)
+                                .is_ok()
+                        })
+                        .unwrap_or(false)
                 })
-                .unwrap_or(false),
+                .await
+                .unwrap_or(false)
+            }
             None => false,
         }
     }

@@ -17,6 +17,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tower::ServiceExt as _;
 
 use crate::app::App;
 use crate::body::{full, ResponseBody};
@@ -62,7 +63,11 @@ pub async fn serve_state(
                 };
                 let _ = stream.set_nodelay(true);
                 let stream = lingerers.wrap(stream);
-                let svc = TowerToHyperService::new(service.clone());
+                // The client's address, for the layers that count by it.
+                let svc = TowerToHyperService::new(service.clone().map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(crate::stack::Peer(peer));
+                    req
+                }));
                 // A watcher per connection: shutdown waits for every one, handshakes included.
                 let watcher = graceful.watcher();
                 match &tls {

@@ -7,6 +7,10 @@ use super::snapshot::app;
 use super::{Next, Req, Resp};
 use crate::error::ProxyError;
 
+/// The client's address, set per connection by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// The authenticated user, when `[auth]` is on.
 #[derive(Debug, Clone)]
 pub struct User(pub String);
@@ -14,7 +18,8 @@ pub struct User(pub String);
 pub async fn authenticate(mut req: Req, next: Next) -> Resp {
     let app = app(&req);
     if let Some(auth) = &app.auth {
-        match auth.authenticate(req.headers()) {
+        let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+        match auth.authenticate(req.headers(), peer).await {
             Some(user) => {
                 req.extensions_mut().insert(User(user));
             }

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
 
+pub use auth::Peer;
 pub use from_fn::Next;
 pub use route::Routed;
 pub use snapshot::app;
