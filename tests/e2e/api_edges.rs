@@ -2,10 +2,15 @@
 //! shapes, routing, `Range`, every error code, tag pagination, revalidation and stale serving.
 
 use std::path::Path;
+use std::time::Duration;
 
+use bytesize::ByteSize;
+
+use portcullis_policy::DefaultAction;
 use portcullis_testkit::http::{self, Response};
 use portcullis_testkit::{
-    config_for, manifest_digest_in_registry, push, require_tools, tempdir, Image, Proxy, Registry,
+    manifest_digest_in_registry, push, require_tools, tempdir, ConfigBuilder, Image, Proxy,
+    Registry,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -14,12 +19,15 @@ const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-fn proxy(work: &Path, sub: &str, upstream: &Registry, extra: &str) -> Proxy {
-    Proxy::start(
-        Path::new(BIN),
-        &work.join(sub),
-        &config_for(&upstream.host(), &upstream.url(), extra),
-    )
+/// Portcullis in `work/sub` in front of `upstream`, its config `edit`ed.
+fn proxy(
+    work: &Path,
+    sub: &str,
+    upstream: &Registry,
+    edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> Proxy {
+    let config = ConfigBuilder::pull_through(&upstream.host(), &upstream.url());
+    Proxy::start(Path::new(BIN), &work.join(sub), &edit(config))
 }
 
 /// The OCI error code of a response, checking the error JSON's shape on the way.
@@ -46,7 +54,7 @@ async fn manifests_negotiate_accept_and_route_three_ways() {
     push(Image::DockerV2s2, &upstream, "test/docker:v1");
     push(Image::Multi, &upstream, "test/multi:v1");
     push(Image::Small, &upstream, "test/small:v1");
-    let p = proxy(work.path(), "p", &upstream, "");
+    let p = proxy(work.path(), "p", &upstream, |c| c);
     let base = p.url();
 
     let root = http::get(&format!("{base}/v2/")).await;
@@ -131,7 +139,7 @@ async fn cached_blobs_serve_ranges_and_head() {
     let upstream = Registry::start(work.path());
     push(Image::Big, &upstream, "test/big:v1");
     push(Image::Small, &upstream, "test/small:v1");
-    let p = proxy(work.path(), "p", &upstream, "");
+    let p = proxy(work.path(), "p", &upstream, |c| c);
     for repo in ["test/big", "test/small"] {
         let m = http::get(&format!("{}/v2/{repo}/manifests/v1", p.url())).await;
         let m: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
@@ -185,7 +193,7 @@ async fn bad_input_gets_the_right_oci_error() {
     let work = tempdir();
     let upstream = Registry::start(work.path());
     push(Image::Small, &upstream, "test/small:v1");
-    let p = proxy(work.path(), "p", &upstream, "");
+    let p = proxy(work.path(), "p", &upstream, |c| c);
     let long = "a".repeat(256);
     let zeros = format!("sha256:{}", "0".repeat(64));
     let sha512 = format!("sha512:{}", "a".repeat(128));
@@ -328,10 +336,10 @@ async fn allow_and_deny_lists_refuse_before_any_upstream_traffic() {
     push(Image::Small, &upstream, "test/secret:v1");
     push(Image::Small, &upstream, "other/img:v1");
     let host = upstream.host();
-    let policy = format!(
-        "[policy]\nallow = [\"{host}/test/*\"]\ndeny = [\"{host}/test/secret\"]\ndefault = \"allow\"\n"
-    );
-    let p = proxy(work.path(), "p", &upstream, &policy);
+    let p = proxy(work.path(), "p", &upstream, |c| {
+        c.allow(&format!("{host}/test/*"))
+            .deny(&format!("{host}/test/secret"))
+    });
     let ok = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
     assert_eq!(ok.status, 200);
     for (path, needle) in [
@@ -350,12 +358,9 @@ async fn allow_and_deny_lists_refuse_before_any_upstream_traffic() {
     assert_eq!(upstream.count_requests("GET", "/test/secret"), 0);
     assert_eq!(upstream.count_requests("GET", "/other/img/manifests"), 0);
 
-    let deny_all = proxy(
-        work.path(),
-        "deny",
-        &upstream,
-        "[policy]\ndefault = \"deny\"\n",
-    );
+    let deny_all = proxy(work.path(), "deny", &upstream, |c| {
+        c.policy_default(DefaultAction::Deny)
+    });
     let resp = http::get(&format!("{}/v2/test/small/manifests/v1", deny_all.url())).await;
     assert_eq!((resp.status, code(&resp).as_str()), (403, "DENIED"));
     assert!(
@@ -371,9 +376,9 @@ async fn oversize_manifests_are_refused() {
     let work = tempdir();
     let upstream = Registry::start(work.path());
     push(Image::Multi, &upstream, "test/multi:v1");
-    let config = config_for(&upstream.host(), &upstream.url(), "")
-        .replace("[server]\n", "[server]\nmax_manifest_size = \"100B\"\n");
-    let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
+    let p = proxy(work.path(), "p", &upstream, |c| {
+        c.server(|s| s.max_manifest_size = ByteSize::b(100))
+    });
     let resp = http::get(&format!("{}/v2/test/multi/manifests/v1", p.url())).await;
     assert_eq!((resp.status, code(&resp).as_str()), (502, "SIZE_INVALID"));
     assert!(
@@ -391,7 +396,7 @@ async fn tags_list_passes_pagination_through() {
     for tag in ["v1", "v2", "v3"] {
         push(Image::Small, &upstream, &format!("test/small:{tag}"));
     }
-    let p = proxy(work.path(), "p", &upstream, "");
+    let p = proxy(work.path(), "p", &upstream, |c| c);
     let all = http::get(&format!("{}/v2/test/small/tags/list", p.url())).await;
     let v: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
     assert_eq!(v["tags"], serde_json::json!(["v1", "v2", "v3"]));
@@ -418,7 +423,7 @@ async fn docker_hub_names_get_library_and_mirror_prefixes_work() {
     let p = Proxy::start(
         Path::new(BIN),
         &work.path().join("p"),
-        &config_for("docker.io", &upstream.url(), ""),
+        &ConfigBuilder::pull_through("docker.io", &upstream.url()),
     );
     let digest = manifest_digest_in_registry(&upstream, "library/alpine", "latest");
     for path in [
@@ -443,14 +448,11 @@ async fn tags_revalidate_with_head_and_serve_stale_within_max_stale() {
     let work = tempdir();
     let mut upstream = Registry::start(work.path());
     push(Image::Small, &upstream, "test/small:v1");
-    let revalidating = config_for(&upstream.host(), &upstream.url(), "")
-        .replace("tag_ttl = \"5m\"", "tag_ttl = \"0s\"");
-    let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &revalidating);
-    let strict = Proxy::start(
-        Path::new(BIN),
-        &work.path().join("strict"),
-        &revalidating.replace("max_stale = \"1h\"", "max_stale = \"0s\""),
-    );
+    let revalidating = |c: ConfigBuilder| c.cache(|c| c.tag_ttl = Duration::ZERO);
+    let p = proxy(work.path(), "p", &upstream, revalidating);
+    let strict = proxy(work.path(), "strict", &upstream, |c| {
+        revalidating(c).cache(|c| c.max_stale = Duration::ZERO)
+    });
     let url = |p: &Proxy| format!("{}/v2/test/small/manifests/v1", p.url());
     let first = http::get(&url(&p)).await;
     let second = http::get(&url(&p)).await;

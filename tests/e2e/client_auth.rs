@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use portcullis_testkit::http::{self, Response};
 use portcullis_testkit::{
-    config_for, push, require_tools, skopeo_copy, tempdir, Image, Proxy, Registry,
+    push, require_tools, skopeo_copy, tempdir, ConfigBuilder, Image, Proxy, Registry,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -57,15 +57,11 @@ async fn only_granted_users_pull_and_strangers_never_reach_the_upstream() {
     )
     .unwrap();
     let host = upstream.host();
-    let extra = format!(
-        "[auth]\nusers_file = \"{}\"\n[[auth.grant]]\nusers = [\"puller\", \"ci\"]\nimages = [\"{host}/test/**\"]\n",
-        users.display()
+    let config = ConfigBuilder::pull_through(&host, &upstream.url()).auth(
+        &users,
+        &[(&["puller", "ci"], &[&format!("{host}/test/**")])],
     );
-    let p = Proxy::start(
-        Path::new(BIN),
-        &work.path().join("p"),
-        &config_for(&host, &upstream.url(), &extra),
-    );
+    let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     let url = |path: &str| format!("{}{path}", p.url());
 
     // No credentials: a challenge, and nothing goes upstream.

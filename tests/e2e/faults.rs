@@ -2,18 +2,29 @@
 //! limits, 5xx, stalls, refused connections, cut bodies, and the bearer token flow.
 
 use std::path::Path;
+use std::time::Duration;
 
 use portcullis_testkit::http::{self, Response};
 use portcullis_testkit::{
-    config_for, push, require_tools, tempdir, Fault, FaultServer, Image, Proxy, Registry,
+    push, require_tools, tempdir, ConfigBuilder, Fault, FaultServer, Image, Proxy, Registry,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const UPSTREAM: &str = "upstream.test";
 
-fn proxy_to(work: &Path, sub: &str, url: &str, extra: &str) -> Proxy {
-    let config = config_for("upstream.test", url, extra)
-        .replace("read_timeout = \"5s\"", "read_timeout = \"1s\"");
+/// Portcullis in front of the upstream `upstream.test` at `url`, which gets 1 s to answer.
+fn proxy_to(work: &Path, sub: &str, url: &str) -> Proxy {
+    let config = ConfigBuilder::pull_through(UPSTREAM, url)
+        .with_upstream(UPSTREAM, |u| u.read_timeout = Duration::from_secs(1));
     Proxy::start(Path::new(BIN), &work.join(sub), &config)
+}
+
+/// [`UPSTREAM`] at `url`, with credentials from the files `user` and `pass`.
+fn with_credentials(url: &str, user: &Path, pass: &Path) -> ConfigBuilder {
+    ConfigBuilder::pull_through(UPSTREAM, url).with_upstream(UPSTREAM, |u| {
+        u.username_file = Some(user.to_owned());
+        u.password_file = Some(pass.to_owned());
+    })
 }
 
 fn code(resp: &Response) -> String {
@@ -35,7 +46,7 @@ async fn upstream_failures_map_to_oci_errors() {
         ("stalled", stalled.url(), 503, "UNAVAILABLE"),
         ("refused", refused.clone(), 503, "UNAVAILABLE"),
     ] {
-        let p = proxy_to(work.path(), sub, &url, "");
+        let p = proxy_to(work.path(), sub, &url);
         for path in [
             "/v2/a/b/manifests/v1".to_owned(),
             format!("/v2/a/b/manifests/{blob}"),
@@ -78,7 +89,7 @@ async fn a_body_cut_short_is_aborted_and_not_cached() {
         to: upstream.addr,
         after: 4 << 20,
     });
-    let p = proxy_to(work.path(), "p", &cut.url(), "");
+    let p = proxy_to(work.path(), "p", &cut.url());
     let manifest = http::get(&format!("{}/v2/test/big/manifests/v1", p.url())).await;
     assert_eq!(manifest.status, 200, "{}", p.log_contents());
     let m: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
@@ -111,14 +122,7 @@ async fn the_bearer_token_flow_uses_credentials_from_a_file_and_caches_the_token
     std::fs::write(&secret, "s3cret-pass\n").unwrap();
     let user = work.path().join("username");
     std::fs::write(&user, "puller").unwrap();
-    let config = config_for("upstream.test", &gate.url(), "").replace(
-        "default = true\n",
-        &format!(
-            "default = true\nusername_file = \"{}\"\npassword_file = \"{}\"\n",
-            user.display(),
-            secret.display()
-        ),
-    );
+    let config = with_credentials(&gate.url(), &user, &secret);
     let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     let m = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
     assert_eq!(m.status, 200, "{}", p.log_contents());
@@ -143,7 +147,7 @@ async fn the_bearer_token_flow_uses_credentials_from_a_file_and_caches_the_token
     let anonymous = Proxy::start(
         Path::new(BIN),
         &work.path().join("anon"),
-        &config_for("upstream.test", &gate.url(), ""),
+        &ConfigBuilder::pull_through(UPSTREAM, &gate.url()),
     );
     let resp = http::get(&format!("{}/v2/test/small/manifests/v1", anonymous.url())).await;
     assert_eq!((resp.status, code(&resp).as_str()), (403, "DENIED"));
@@ -162,13 +166,10 @@ async fn blob_redirects_are_followed_without_credentials_to_another_host() {
     });
     std::fs::write(work.path().join("user"), "puller").unwrap();
     std::fs::write(work.path().join("pass"), "pw").unwrap();
-    let config = config_for("upstream.test", &gate.url(), "").replace(
-        "default = true\n",
-        &format!(
-            "default = true\nusername_file = \"{}\"\npassword_file = \"{}\"\n",
-            work.path().join("user").display(),
-            work.path().join("pass").display()
-        ),
+    let config = with_credentials(
+        &gate.url(),
+        &work.path().join("user"),
+        &work.path().join("pass"),
     );
     let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     let m = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
@@ -191,7 +192,7 @@ async fn blob_redirects_are_followed_without_credentials_to_another_host() {
 #[test]
 fn sigterm_shuts_down_cleanly() {
     let work = tempdir();
-    let mut p = proxy_to(work.path(), "p", "http://127.0.0.1:9", "");
+    let mut p = proxy_to(work.path(), "p", "http://127.0.0.1:9");
     let status = p.terminate();
     assert!(status.success(), "{status:?}");
     assert!(p.log_contents().contains("shutting down"));

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use portcullis_testkit::dir_files as files;
 use portcullis_testkit::{
-    config_for, http, push, require_tools, skopeo_copy, skopeo_copy_all, tempdir, write_hosts_toml,
-    Containerd, Fault, FaultServer, Image, Proxy, Registry,
+    http, push, require_tools, skopeo_copy, skopeo_copy_all, tempdir, write_hosts_toml,
+    ConfigBuilder, Containerd, Fault, FaultServer, Image, Proxy, Registry,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -16,7 +16,7 @@ fn start(work: &Path, upstream: &Registry) -> Proxy {
     Proxy::start(
         Path::new(BIN),
         &work.join("proxy"),
-        &config_for(&upstream.host(), &upstream.url(), ""),
+        &ConfigBuilder::pull_through(&upstream.host(), &upstream.url()),
     )
 }
 
@@ -84,16 +84,9 @@ fn containerd_pulls_through_hosts_toml_with_ns() {
     push(Image::Small, &upstream, "test/small:v1");
     push(Image::Multi, &upstream, "test/multi:v1");
     // The default upstream is a dead port: only ?ns= can reach the registry.
-    let extra = format!(
-        "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\n",
-        upstream.host(),
-        upstream.url()
-    );
-    let proxy = Proxy::start(
-        Path::new(BIN),
-        &work.path().join("proxy"),
-        &config_for("docker.io", "http://127.0.0.1:9", &extra),
-    );
+    let config = ConfigBuilder::pull_through("docker.io", "http://127.0.0.1:9")
+        .upstream(&upstream.host(), &upstream.url());
+    let proxy = Proxy::start(Path::new(BIN), &work.path().join("proxy"), &config);
     let hosts = write_hosts_toml(
         &work.path().join("certs.d"),
         &upstream.host(),
@@ -215,7 +208,7 @@ async fn kill_9_mid_blob_leaves_nothing_partial() {
     let mut proxy = Proxy::start(
         Path::new(BIN),
         &work.path().join("proxy"),
-        &config_for(&upstream.host(), &slow.url(), ""),
+        &ConfigBuilder::pull_through(&upstream.host(), &slow.url()),
     );
     let manifest = http::get(&format!("{}/v2/test/big/manifests/v1", proxy.url())).await;
     let layer = layer_digests(&manifest.body).remove(0);

@@ -4,12 +4,14 @@
 //! artifacts served as verification material under a denying policy.
 
 use std::path::Path;
+use std::time::Duration;
 
+use portcullis_policy::DefaultAction;
 use portcullis_testkit::http::{self, Response};
 use portcullis_testkit::referrers::{referrers_tag, OCI_MANIFEST};
 use portcullis_testkit::{
-    config_for, manifest_digest_in_registry, push, push_referrer, require_tools, sha256_hex,
-    tempdir, CosignKey, Fault, FaultServer, Image, Proxy, Registry,
+    manifest_digest_in_registry, push, push_referrer, require_tools, sha256_hex, tempdir,
+    ConfigBuilder, CosignKey, Fault, FaultServer, Image, Proxy, Registry, Rule,
 };
 use serde_json::{json, Value};
 
@@ -18,6 +20,7 @@ const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const SBOM: &str = "application/vnd.example.sbom";
 const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const FIVE_MINUTES: Duration = Duration::from_secs(5 * 60);
 
 /// An upstream registry with `test/app:v1` (Small) and `test/app:v2` (DockerV2s2), and their
 /// digests.
@@ -60,12 +63,15 @@ impl Upstream {
         (digest, bundle)
     }
 
-    /// A proxy in `workdir/sub` with `tag_ttl` (the default config's is 5m) and `extra` config.
-    fn proxy(&self, sub: &str, tag_ttl: &str, extra: &str) -> Proxy {
-        let host = self.registry.host();
-        let config = config_for(&host, &self.registry.url(), extra)
-            .replace("tag_ttl = \"5m\"", &format!("tag_ttl = \"{tag_ttl}\""));
-        Proxy::start(Path::new(BIN), &self.work().join(sub), &config)
+    /// The config of a proxy in front of the registry, with `tag_ttl`.
+    fn config(&self, tag_ttl: Duration) -> ConfigBuilder {
+        ConfigBuilder::pull_through(&self.registry.host(), &self.registry.url())
+            .cache(|c| c.tag_ttl = tag_ttl)
+    }
+
+    /// A proxy in `workdir/sub` with `config`.
+    fn proxy(&self, sub: &str, config: &ConfigBuilder) -> Proxy {
+        Proxy::start(Path::new(BIN), &self.work().join(sub), config)
     }
 }
 
@@ -109,7 +115,7 @@ async fn the_tag_schema_stands_in_for_a_missing_api() {
         b"{}",
         &[],
     );
-    let p = up.proxy("p", "5m", "");
+    let p = up.proxy("p", &up.config(FIVE_MINUTES));
     let url = format!("{}/v2/test/app/referrers/{}", p.url(), up.v1);
 
     let all = listed(&http::get(&url).await);
@@ -161,7 +167,7 @@ async fn the_tag_schema_stands_in_for_a_missing_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_digest_is_digest_invalid() {
     let up = Upstream::start();
-    let p = up.proxy("p", "5m", "");
+    let p = up.proxy("p", &up.config(FIVE_MINUTES));
     for bad in ["sha256:zz", "latest", "sha256:ABC"] {
         let resp = http::get(&format!("{}/v2/test/app/referrers/{bad}", p.url())).await;
         assert_eq!(resp.header("content-type"), Some("application/json"));
@@ -177,8 +183,8 @@ async fn a_bad_digest_is_digest_invalid() {
 async fn cached_lists_outlive_the_upstream() {
     let mut up = Upstream::start();
     let (bundle, _) = up.bundle("test/app", &up.v1);
-    let fresh = up.proxy("fresh", "5m", "");
-    let stale = up.proxy("stale", "0s", "");
+    let fresh = up.proxy("fresh", &up.config(FIVE_MINUTES));
+    let stale = up.proxy("stale", &up.config(Duration::ZERO));
     let path = format!("/v2/test/app/referrers/{}", up.v1);
     for p in [&fresh, &stale] {
         assert_eq!(
@@ -207,12 +213,7 @@ async fn cached_lists_outlive_the_upstream() {
 
     // Offline: what is held, else an empty index.
     let mut offline = fresh;
-    let config = std::fs::read_to_string(&offline.config).unwrap();
-    std::fs::write(
-        &offline.config,
-        config.replace("[server]\n", "[server]\noffline = true\n"),
-    )
-    .unwrap();
+    offline.write_config(&up.config(FIVE_MINUTES).offline());
     offline.restart();
     let held = http::get(&format!("{}{path}", offline.url())).await;
     assert_eq!(digests(&listed(&held)), [&bundle]);
@@ -245,7 +246,7 @@ async fn the_referrers_api_is_preferred_over_the_tag() {
         to: up.registry.addr,
         index: serde_json::to_vec(&index).unwrap(),
     });
-    let config = config_for(&api.addr.to_string(), &api.url(), "");
+    let config = ConfigBuilder::pull_through(&api.addr.to_string(), &api.url());
     let p = Proxy::start(Path::new(BIN), &up.work().join("p"), &config);
     let tag = referrers_tag(&up.v1);
     let tag_reads = || {
@@ -280,21 +281,12 @@ async fn bundle_referrers_of_a_denied_image_are_not_served() {
         b"tar",
         &[],
     );
-    let extra = format!(
-        r#"[policy]
-default = "deny"
-[[trust.key]]
-name = "release"
-path = "{}"
-[[rule]]
-name = "signed"
-images = ["{host}/signed/**"]
-[[rule.authority]]
-key = "release"
-"#,
-        key_path.display()
-    );
-    let p = up.proxy("p", "5m", &extra);
+    let config = up
+        .config(FIVE_MINUTES)
+        .policy_default(DefaultAction::Deny)
+        .trust_key("release", &key_path)
+        .rule(Rule::new("signed", &[&format!("{host}/signed/**")]).key("release"));
+    let p = up.proxy("p", &config);
     let base = format!("{}/v2/signed/app", p.url());
 
     let list = listed(&http::get(&format!("{base}/referrers/{image}")).await);

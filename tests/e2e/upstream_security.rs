@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use portcullis_testkit::http::{self, Response};
-use portcullis_testkit::{config_for, push, require_tools, tempdir, Image, Proxy, Registry};
+use portcullis_testkit::{push, require_tools, tempdir, ConfigBuilder, Image, Proxy, Registry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -41,13 +41,13 @@ async fn basic_auth_upstream_with_credentials_from_files() {
     upstream.secure(Some(&htpasswd), None);
     std::fs::write(work.path().join("user"), "puller\n").unwrap();
     std::fs::write(work.path().join("pass"), "pull-pass\n").unwrap();
-    let creds = format!(
-        "default = true\nusername_file = \"{}\"\npassword_file = \"{}\"\n",
-        work.path().join("user").display(),
-        work.path().join("pass").display()
+    let config = ConfigBuilder::pull_through(&upstream.host(), &upstream.url()).with_upstream(
+        &upstream.host(),
+        |u| {
+            u.username_file = Some(work.path().join("user"));
+            u.password_file = Some(work.path().join("pass"));
+        },
     );
-    let config =
-        config_for(&upstream.host(), &upstream.url(), "").replace("default = true\n", &creds);
     let p = Proxy::start(Path::new(BIN), &work.path().join("p"), &config);
     let m = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
     assert_eq!(m.status, 200, "{}", p.log_contents());
@@ -56,7 +56,7 @@ async fn basic_auth_upstream_with_credentials_from_files() {
     let anonymous = Proxy::start(
         Path::new(BIN),
         &work.path().join("anon"),
-        &config_for(&upstream.host(), &upstream.url(), ""),
+        &ConfigBuilder::pull_through(&upstream.host(), &upstream.url()),
     );
     let resp = http::get(&format!("{}/v2/test/small/manifests/v1", anonymous.url())).await;
     assert_eq!((resp.status, code(&resp).as_str()), (403, "DENIED"));
@@ -127,13 +127,8 @@ async fn tls_upstream_trusted_through_ca_file() {
     upstream.secure(None, Some((&dir.join("srv.pem"), &dir.join("srv.key"))));
     assert!(upstream.url().starts_with("https://"));
 
-    let with_ca = config_for(&upstream.host(), &upstream.url(), "").replace(
-        "default = true\n",
-        &format!(
-            "default = true\nca_file = \"{}\"\n",
-            dir.join("ca.pem").display()
-        ),
-    );
+    let with_ca = ConfigBuilder::pull_through(&upstream.host(), &upstream.url())
+        .with_upstream(&upstream.host(), |u| u.ca_file = Some(dir.join("ca.pem")));
     let p = Proxy::start(Path::new(BIN), &dir.join("p"), &with_ca);
     let m = http::get(&format!("{}/v2/test/small/manifests/v1", p.url())).await;
     assert_eq!(m.status, 200, "{}", p.log_contents());
@@ -141,7 +136,7 @@ async fn tls_upstream_trusted_through_ca_file() {
     let without = Proxy::start(
         Path::new(BIN),
         &dir.join("untrusted"),
-        &config_for(&upstream.host(), &upstream.url(), ""),
+        &ConfigBuilder::pull_through(&upstream.host(), &upstream.url()),
     );
     let resp = http::get(&format!("{}/v2/test/small/manifests/v1", without.url())).await;
     assert_eq!((resp.status, code(&resp).as_str()), (503, "UNAVAILABLE"));
