@@ -31,9 +31,7 @@ pub struct Config {
     /// `[[rule]]`s: who must have signed which images.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
-    /// `[auth]`: require client credentials (optional). Not written by `Serialize` (its types
-    /// do not implement it yet): whoever writes a config out writes this table itself.
-    #[serde(skip_serializing)]
+    /// `[auth]`: require client credentials (optional).
     pub auth: Option<crate::auth::AuthConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,

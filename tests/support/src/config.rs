@@ -181,19 +181,21 @@ impl ConfigBuilder {
     }
 
     /// `[auth]`: a users file and `[[auth.grant]]`s of (users, images).
+    /// The other `[auth]` keys keep the binary's defaults (change them with
+    /// [`edit`](Self::edit)).
     pub fn auth(mut self, users_file: &Path, grants: &[(&[&str], &[&str])]) -> ConfigBuilder {
-        self.config.auth = Some(AuthConfig {
-            users_file: users_file.to_owned(),
-            grants: grants
-                .iter()
-                .map(|(users, images)| GrantConfig {
-                    users: strings(users),
-                    images: strings(images),
-                })
-                .collect(),
-            max_failures: 10,
-            concurrent_hashes: 2,
-        });
+        let mut table = toml::Table::new();
+        let path = users_file.to_str().expect("a UTF-8 path");
+        table.insert("users_file".into(), path.into());
+        let mut auth: AuthConfig = table.try_into().expect("[auth] with a users_file");
+        auth.grants = grants
+            .iter()
+            .map(|(users, images)| GrantConfig {
+                users: strings(users),
+                images: strings(images),
+            })
+            .collect();
+        self.config.auth = Some(auth);
         self
     }
 
@@ -240,37 +242,9 @@ fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// `config` as the TOML file portcullis reads: serde's rendering of it, then `[auth]`, which
-/// `Config` does not serialize (its types, in `portcullis::auth`, have no `Serialize` yet),
-/// written from its fields here.
+/// `config` as the TOML file portcullis reads.
 pub fn to_toml(config: &Config) -> String {
-    let mut text = toml::to_string(config).expect("a Config serializes to TOML");
-    if let Some(AuthConfig {
-        users_file, grants, ..
-    }) = &config.auth
-    {
-        let mut auth = toml::Table::new();
-        auth.insert("users_file".into(), path_value(users_file));
-        let grants = grants
-            .iter()
-            .map(|GrantConfig { users, images }| {
-                let mut grant = toml::Table::new();
-                grant.insert("users".into(), users.clone().into());
-                grant.insert("images".into(), images.clone().into());
-                toml::Value::Table(grant)
-            })
-            .collect::<Vec<_>>();
-        auth.insert("grant".into(), grants.into());
-        let mut table = toml::Table::new();
-        table.insert("auth".into(), auth.into());
-        text.push('\n');
-        text.push_str(&toml::to_string(&table).expect("[auth] serializes to TOML"));
-    }
-    text
-}
-
-fn path_value(path: &Path) -> toml::Value {
-    toml::Value::String(path.to_str().expect("a UTF-8 path").to_owned())
+    toml::to_string(config).expect("a Config serializes to TOML")
 }
 
 /// What [`Proxy::start`](crate::Proxy::start) and [`Proxy::write_config`](crate::Proxy::write_config)
