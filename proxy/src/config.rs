@@ -69,6 +69,19 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Mutual TLS: refuse clients without a certificate signed by this CA (PEM).
     pub client_ca: Option<PathBuf>,
+    /// A client must send a request's headers within this time, also the longest an idle
+    /// keep-alive connection waits for its next request (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; beyond, new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_peer: usize,
+    /// Concurrent HTTP/2 streams on one connection.
+    pub http2_max_streams: u32,
+    /// Request headers (HTTP/1.1 buffer, HTTP/2 header list) at most.
+    #[serde(serialize_with = "byte_count")]
+    pub max_header_size: ByteSize,
 }
 
 /// `[metrics]`: Prometheus text on a listener of its own.
@@ -203,6 +216,11 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_peer: 256,
+            http2_max_streams: 128,
+            max_header_size: ByteSize::kib(64),
         }
     }
 }
@@ -290,6 +308,14 @@ impl Config {
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err("[server] tls_cert and tls_key go together".into());
+        }
+        if self.server.max_connections == 0 || self.server.max_connections_per_peer == 0 {
+            return Err(
+                "[server] max_connections and max_connections_per_peer must be at least 1".into(),
+            );
+        }
+        if self.server.max_header_size.as_u64() < 8192 {
+            return Err("[server] max_header_size must be at least 8KiB".into());
         }
         if self.server.client_ca.is_some() && self.server.tls_cert.is_none() {
             return Err("[server] client_ca needs tls_cert and tls_key".into());

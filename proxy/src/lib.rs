@@ -13,7 +13,7 @@
 //! server (listeners, TLS) -> stack (layers) -> handlers -> gate -> content -> upstream / cache
 //!                                   verify, airgap ---^        ^--- oci (strict reader)
 //! ```
-//! - [`server`], [`tls`]: the listeners and HTTPS; [`stack`]: the request path as ordered tower
+//! - [`server`], [`tls`], [`conns`]: the listeners, HTTPS, connection limits; [`stack`]: the request path as ordered tower
 //!   layers (log, configuration snapshot, probes, metrics, headers, authentication, route and
 //!   admit); [`auth`]: clients' credentials; [`route`]: request paths, name validation, routing to upstreams.
 //! - [`handlers`]: the registry routes, thin: parse, call the gate and content, map errors.
@@ -36,6 +36,7 @@ pub mod auth;
 pub mod body;
 pub mod coalesce;
 pub mod config;
+pub mod conns;
 pub mod content;
 pub mod error;
 pub mod fetch;

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
@@ -21,6 +21,7 @@ use tower::ServiceExt as _;
 
 use crate::app::App;
 use crate::body::{full, ResponseBody};
+use crate::conns::{Admitted, Connections, Refused};
 use crate::linger::Lingerers;
 use crate::tls::Tls;
 
@@ -45,20 +46,34 @@ pub async fn serve_state(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let limits = state.load().config.server.clone();
     let service = crate::stack::service(state);
     let graceful = GracefulShutdown::new();
     let lingerers = Lingerers::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = builder(&limits);
+    let connections = Connections::new(limits.max_connections, limits.max_connections_per_peer);
+    let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
+                    Ok(conn) => {
+                        backoff.reset();
+                        conn
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of descriptors (or a transient error): wait longer each time,
+                        // and say so once a second, not once per attempt.
+                        backoff.wait(&e).await;
                         continue;
+                    }
+                };
+                let admitted = match connections.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        backoff.refused(peer, why);
+                        continue; // dropping the stream closes it
                     }
                 };
                 let _ = stream.set_nodelay(true);
@@ -71,13 +86,13 @@ pub async fn serve_state(
                 // A watcher per connection: shutdown waits for every one, handshakes included.
                 let watcher = graceful.watcher();
                 match &tls {
-                    None => spawn_conn(&builder, watcher, stream, svc, peer),
+                    None => spawn_conn(&builder, watcher, stream, svc, peer, admitted),
                     Some(tls) => {
                         let acceptor = tls.acceptor();
                         let builder = builder.clone();
                         tokio::spawn(async move {
                             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                Ok(Ok(tls_stream)) => spawn_conn(&builder, watcher, tls_stream, svc, peer),
+                                Ok(Ok(tls_stream)) => spawn_conn(&builder, watcher, tls_stream, svc, peer, admitted),
                                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                             }
@@ -108,6 +123,7 @@ fn spawn_conn<I, S>(
     io: I,
     svc: S,
     peer: SocketAddr,
+    admitted: Admitted,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>
@@ -123,7 +139,72 @@ fn spawn_conn<I, S>(
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+        drop(admitted);
     });
+}
+
+/// The connection builder, with the limits a hostile client meets: a deadline for request
+/// headers (and for an idle keep-alive connection's next request), header sizes, HTTP/2 streams.
+fn builder(limits: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let header_bytes = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    b
+}
+
+/// Accept errors and refusals, rate-limited in the log; a growing pause after accept errors.
+#[derive(Default)]
+struct AcceptBackoff {
+    pause: Duration,
+    last_log: Option<std::time::Instant>,
+    quiet: u64,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+
+    async fn wait(&mut self, e: &std::io::Error) {
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if self.may_log() {
+            let (pause, suppressed) = (self.pause, self.take_quiet());
+            tracing::warn!(error = %e, ?pause, suppressed, "accept failed");
+        }
+        tokio::time::sleep(self.pause).await;
+    }
+
+    fn refused(&mut self, peer: SocketAddr, why: Refused) {
+        if self.may_log() {
+            tracing::warn!(%peer, ?why, suppressed = self.take_quiet(), "connection refused: at the connection limit");
+        }
+    }
+
+    fn may_log(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.quiet += 1;
+            return false;
+        }
+        self.last_log = Some(now);
+        true
+    }
+
+    fn take_quiet(&mut self) -> u64 {
+        std::mem::take(&mut self.quiet)
+    }
 }
 
 /// The metrics listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
