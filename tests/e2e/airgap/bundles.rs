@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use portcullis_policy::AuthorityConfig;
 use portcullis_testkit::bundle::BUNDLE_V03_MEDIA_TYPE;
 use portcullis_testkit::http;
 use portcullis_testkit::intoto::{
@@ -16,8 +17,8 @@ use portcullis_testkit::intoto::{
 };
 use portcullis_testkit::referrers::{referrers_tag, OCI_INDEX, OCI_MANIFEST};
 use portcullis_testkit::{
-    push_attestation, push_referrer, sha256_hex, skopeo_copy, Fault, FaultServer, Image, Leaf,
-    LogEntry, Proxy, Signer, TestSigstore,
+    keyless_authority, push_attestation, push_referrer, sha256_hex, skopeo_copy, Fault,
+    FaultServer, Image, Leaf, LogEntry, Proxy, Rule, Signer, TestSigstore,
 };
 use serde_json::{json, Value};
 
@@ -84,54 +85,34 @@ impl Signed {
         std::fs::write(&root, sigstore.trusted_root_json()).unwrap();
         let leaf = sigstore.issue_leaf(BUILDER, ISSUER, now() - 600, now() + 600);
         let host = w.host();
-        w.extend_policy(&format!(
-            r#"
-[[trust.root]]
-name = "test"
-trusted_root = "{root}"
-
-[[rule]]
-name = "bundled"
-images = ["{host}/bundled/**"]
-[[rule.authority]]
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{BUILDER}" }}
-
-[[rule]]
-name = "attested"
-images = ["{host}/attested/**"]
-[[rule.authority]]
-name = "ci"
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{BUILDER}" }}
-[[rule.attestation]]
-predicate_type = "{SLSA_V1}"
-authorities = ["ci"]
-conditions = ['predicate.runDetails.builder.id == "{GH_BUILDER}"',
-              'predicate.buildDefinition.externalParameters.workflow.repository.startsWith("https://github.com/acme/")']
-
-[[rule]]
-name = "tekton"
-images = ["{host}/tekton/**"]
-[[rule.authority]]
-key = "release"
-[[rule.attestation]]
-predicate_type = "{SLSA_V02}"
-conditions = ['predicate.builder.id == "{TEKTON}"']
-
-[[rule]]
-name = "app"
-images = ["{host}/app/**"]
-verify_base = true
-[[rule.authority]]
-key = "release"
-
-[[rule]]
-name = "base"
-images = ["{host}/base/**"]
-[[rule.authority]]
-keyless = {{ root = "test", issuer = "{ISSUER}", subject = "{BUILDER}" }}
-"#,
-            root = root.display(),
-        ));
+        w.extend_policy(|policy| {
+            let rule = |name: &str| Rule::new(name, &[&format!("{host}/{name}/**")]);
+            let ci = AuthorityConfig {
+                name: Some("ci".into()),
+                ..keyless_authority("test", ISSUER, BUILDER)
+            };
+            let gh_builder = format!("predicate.runDetails.builder.id == \"{GH_BUILDER}\"");
+            let tekton = format!("predicate.builder.id == \"{TEKTON}\"");
+            policy
+                .trust_root("test", &root)
+                .rule(rule("bundled").keyless("test", ISSUER, BUILDER))
+                .rule(rule("attested").authority(ci).attestation(
+                    SLSA_V1,
+                    &["ci"],
+                    &[
+                        &gh_builder,
+                        "predicate.buildDefinition.externalParameters.workflow.repository\
+                         .startsWith(\"https://github.com/acme/\")",
+                    ],
+                ))
+                .rule(
+                    rule("tekton")
+                        .key("release")
+                        .attestation(SLSA_V02, &[], &[&tekton]),
+                )
+                .rule(rule("app").verify_base().key("release"))
+                .rule(rule("base").keyless("test", ISSUER, BUILDER))
+        });
         Signed { w, sigstore, leaf }
     }
 
@@ -587,13 +568,11 @@ async fn bundle_signed_and_attested_images_cross_the_gap_and_are_served_and_veri
     run.expect_code(0);
     assert!(run.stdout.contains(&format!("builder: {TEKTON}")), "{run}");
     // Under a condition that the held provenance does not meet, the same cache answers DENY.
-    let stricter = b.variant(|t| {
-        let (from, to) = (
-            format!("== \"{GH_BUILDER}\""),
-            format!("== \"{EVIL_BUILDER}\""),
-        );
-        assert!(t.contains(&from), "{t}");
-        t.replace(&from, &to)
+    let stricter = b.variant(|c| {
+        let attested = c.rules.iter_mut().find(|r| r.name == "attested").unwrap();
+        let condition = &mut attested.attestations[0].conditions[0];
+        assert!(condition.contains(GH_BUILDER), "{condition}");
+        *condition = condition.replace(GH_BUILDER, EVIL_BUILDER);
     });
     let run = stricter.run(&[&"verify", &refs[1]]);
     run.expect_code(1);

@@ -26,7 +26,7 @@ async fn kill_9_mid_import_leaves_nothing_unverified_and_a_rerun_completes() {
 
     let fault = FaultServer::start(Fault::Status(500));
     let b = w.offline("b", &fault);
-    let config = b.write_config("cli.toml", "127.0.0.1:0");
+    let config = b.write_cli_config("cli.toml");
     let mut child = Command::new(BIN)
         .arg("import")
         .arg(&layout)

@@ -23,7 +23,7 @@ struct FlagServe {
 impl FlagServe {
     fn start(instance: &Instance) -> FlagServe {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = instance.write_config("flag-serve.toml", &addr.to_string());
+        let config = instance.write_config("flag-serve.toml", addr);
         let log = instance.workdir.join("flag-serve.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)

@@ -1,11 +1,15 @@
 //! The world: an upstream with signed images, portcullis instances (a config + a cache dir), and
 //! the connected side as most tests need it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use portcullis::Config;
 use portcullis_testkit::cosign::{push_signature, simple_signing_payload, CosignKey, SigLayer};
 use portcullis_testkit::{
-    manifest_digest_in_registry, push, require_tools, tempdir, FaultServer, Image, Proxy, Registry,
+    manifest_digest_in_registry, push, require_tools, tempdir, write_cli_config, ConfigBuilder,
+    FaultServer, Image, Proxy, ProxyConfig, Registry, Rule,
 };
 
 use super::layout::{blob_path, read_json};
@@ -19,8 +23,8 @@ pub(crate) struct World {
     pub(crate) work: PathBuf,
     pub(crate) upstream: Registry,
     release: CosignKey,
-    /// Appended to every instance's policy: trust roots and rules of the tests that need more.
-    extra_policy: String,
+    /// Every instance's trust material and rules (see [`World::policy`]).
+    policy: ConfigBuilder,
 }
 
 impl World {
@@ -31,19 +35,29 @@ impl World {
         let upstream = Registry::start(&work);
         let release = CosignKey::generate();
         release.write_public(&work.join("release.pub"));
+        let policy = World::policy(&work.join("release.pub"), &upstream.host());
         World {
             _dir: dir,
             work,
             upstream,
             release,
-            extra_policy: String::new(),
+            policy,
         }
     }
 
-    /// Appends `toml` (`[[trust.root]]`, `[[rule]]` tables) to the policy of every instance
-    /// made after this call.
-    pub(crate) fn extend_policy(&mut self, toml: &str) {
-        self.extra_policy.push_str(toml);
+    /// Trust and rules shared by every instance: `<host>/keyed/**` and `docker.io/library/**`
+    /// need a signature by `release` (its public key in `key`); anything else is denied.
+    fn policy(key: &Path, host: &str) -> ConfigBuilder {
+        ConfigBuilder::new()
+            .trust_key("release", key)
+            .rule(Rule::new("keyed", &[&format!("{host}/keyed/**")]).key("release"))
+            .rule(Rule::new("library", &["docker.io/library/**"]).key("release"))
+    }
+
+    /// Adds to the policy of every instance made after this call (`[[trust.root]]`s,
+    /// `[[rule]]`s).
+    pub(crate) fn extend_policy(&mut self, edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) {
+        self.policy = edit(self.policy.clone());
     }
 
     /// The trusted key `release`, for evidence other than a plain signature (`.att` layers).
@@ -85,96 +99,56 @@ impl World {
         push_signature(&self.upstream, repo, digest, &[layer]);
     }
 
-    /// Trust and rules shared by every instance: `<host>/keyed/**` and `docker.io/library/**`
-    /// need a signature by `release`; anything else is denied.
-    fn policy(&self) -> String {
-        format!(
-            r#"[policy]
-default = "deny"
-[[trust.key]]
-name = "release"
-path = "{key}"
-[[rule]]
-name = "keyed"
-images = ["{host}/keyed/**"]
-[[rule.authority]]
-key = "release"
-[[rule]]
-name = "library"
-images = ["docker.io/library/**"]
-[[rule.authority]]
-key = "release"
-{extra}"#,
-            key = self.work.join("release.pub").display(),
-            host = self.host(),
-            extra = self.extra_policy,
-        )
-    }
-
-    fn instance(
-        &self,
-        sub: &str,
-        server: &str,
-        cache: &str,
-        upstreams: &str,
-        mirror: &str,
-    ) -> Instance {
-        let template = format!(
-            "[server]\nlisten = \"{{LISTEN}}\"\n{server}\n\
-             [cache]\ndir = \"{{DATA}}\"\nmax_size = \"2GiB\"\n{cache}\n\
-             {upstreams}\n{mirror}\n{policy}",
-            policy = self.policy()
-        );
+    fn instance(&self, sub: &str, config: ConfigBuilder) -> Instance {
         Instance {
             workdir: self.work.join(sub),
-            template,
+            config: config.build(),
         }
     }
 
     /// The connected side: the real upstream as the default one, `[[mirror]]` listing `images`.
     pub(crate) fn connected(&self, sub: &str, images: &[String]) -> Instance {
-        let upstream = format!(
-            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = true\n",
-            self.host(),
-            self.upstream.url()
-        );
-        let mirror = format!(
-            "[[mirror]]\nimages = {}\n",
-            serde_json::to_string(images).unwrap()
-        );
-        self.instance(sub, "", "", &upstream, &mirror)
+        let config = self
+            .policy
+            .clone()
+            .default_upstream(&self.host(), &self.upstream.url())
+            .mirror(images);
+        self.instance(sub, config)
     }
 
     /// The air-gapped side: `[server] offline = true`, and one default upstream named like the
     /// real one but pointing at `fault`, so that any connection would be counted. Tags expire
     /// after a second, to show that offline they resolve whatever their age.
     pub(crate) fn offline(&self, sub: &str, fault: &FaultServer) -> Instance {
-        let upstream = format!(
-            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = true\nconnect_timeout = \"1s\"\nread_timeout = \"1s\"\n",
-            self.host(),
-            fault.url()
-        );
-        self.instance(
-            sub,
-            "offline = true",
-            "tag_ttl = \"1s\"\nmax_stale = \"1s\"",
-            &upstream,
-            "",
-        )
+        let second = Duration::from_secs(1);
+        let config = self
+            .policy
+            .clone()
+            .offline()
+            .cache(|c| {
+                c.tag_ttl = second;
+                c.max_stale = second;
+            })
+            .default_upstream(&self.host(), &fault.url())
+            .with_upstream(&self.host(), |u| {
+                u.connect_timeout = second;
+                u.read_timeout = second;
+            });
+        self.instance(sub, config)
     }
 
     /// No `[[upstream]]` at all; `offline = true` in `[server]` or not (then `serve --offline`).
     pub(crate) fn bare(&self, sub: &str, offline: bool) -> Instance {
-        let server = if offline { "offline = true" } else { "" };
-        self.instance(sub, server, "", "", "")
+        let config = self.policy.clone().server(|s| s.offline = offline);
+        self.instance(sub, config)
     }
 }
 
-/// A portcullis instance: a config template with `{LISTEN}` and `{DATA}`, and a work dir whose
-/// `data/` is the cache, as [`Proxy::start`] lays it out, so that the CLI and the server share it.
+/// A portcullis instance: a config, and a work dir whose `data/` is the cache, as
+/// [`Proxy::start`] lays it out, so that the CLI and the server share it.
 pub(crate) struct Instance {
     pub(crate) workdir: PathBuf,
-    template: String,
+    config: Config,
 }
 
 impl Instance {
@@ -182,21 +156,25 @@ impl Instance {
         self.workdir.join("data")
     }
 
-    /// Writes `workdir/<file>` with `{DATA}` and `{LISTEN}` substituted; returns its path.
-    pub(crate) fn write_config(&self, file: &str, listen: &str) -> PathBuf {
+    /// Writes `workdir/<file>` for a server on `listen`; returns its path.
+    pub(crate) fn write_config(&self, file: &str, listen: SocketAddr) -> PathBuf {
         std::fs::create_dir_all(&self.workdir).unwrap();
         let path = self.workdir.join(file);
-        let text = self
-            .template
-            .replace("{LISTEN}", listen)
-            .replace("{DATA}", &self.data().display().to_string());
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, self.config.render(listen, &self.data())).unwrap();
+        path
+    }
+
+    /// Writes `workdir/<file>` for a CLI command; returns its path.
+    pub(crate) fn write_cli_config(&self, file: &str) -> PathBuf {
+        std::fs::create_dir_all(&self.workdir).unwrap();
+        let path = self.workdir.join(file);
+        write_cli_config(&path, &self.config, &self.data());
         path
     }
 
     /// `portcullis ARGS --config <this instance's config>`.
     pub(crate) fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
-        let config = self.write_config("cli.toml", "127.0.0.1:0");
+        let config = self.write_cli_config("cli.toml");
         let mut all = os(args);
         all.extend(os(&[&"--config", &config]));
         portcullis(&all)
@@ -223,18 +201,20 @@ impl Instance {
         self.run(&[&"mirror", &"--output", &output])
     }
 
-    /// The same work dir and cache under a config whose template `edit` rewrote (a stricter
-    /// rule, say), to ask what another policy makes of what this instance holds.
-    pub(crate) fn variant(&self, edit: impl FnOnce(&str) -> String) -> Instance {
+    /// The same work dir and cache under a config `edit` changed (a stricter rule, say), to ask
+    /// what another policy makes of what this instance holds.
+    pub(crate) fn variant(&self, edit: impl FnOnce(&mut Config)) -> Instance {
+        let mut config = self.config.clone();
+        edit(&mut config);
         Instance {
             workdir: self.workdir.clone(),
-            template: edit(&self.template),
+            config,
         }
     }
 
     /// `portcullis serve --config FILE` on this cache (stop it before the next CLI command).
     pub(crate) fn serve(&self) -> Proxy {
-        Proxy::start(Path::new(BIN), &self.workdir, &self.template)
+        Proxy::start(Path::new(BIN), &self.workdir, &self.config)
     }
 }
 

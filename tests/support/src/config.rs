@@ -247,9 +247,10 @@ pub fn to_toml(config: &Config) -> String {
     toml::to_string(config).expect("a Config serializes to TOML")
 }
 
-/// What [`Proxy::start`](crate::Proxy::start) and [`Proxy::write_config`](crate::Proxy::write_config)
-/// accept: TOML text with the `{LISTEN}` and `{DATA}` placeholders, or a typed [`Config`] (or
-/// [`ConfigBuilder`]), whose `[server] listen` and `[cache] dir` are set to the same values.
+/// What [`Proxy::start`](crate::Proxy::start) and
+/// [`Proxy::write_config`](crate::Proxy::write_config) accept: TOML text with the `{LISTEN}` and
+/// `{DATA}` placeholders, or a typed [`Config`] (or [`ConfigBuilder`]), whose `[server] listen`
+/// and `[cache] dir` are set to the same values.
 pub trait ProxyConfig {
     /// The file's text for a proxy listening on `listen` with its cache in `data`.
     fn render(&self, listen: SocketAddr, data: &Path) -> String;
