@@ -22,7 +22,7 @@ use portcullis_policy::{
 /// A [`Config`] for tests. [`ConfigBuilder::new`] starts from the binary's own defaults (policy
 /// `default = "deny"`) with a cache sized for tests (2 GiB, tags revalidated after 5 min, served
 /// stale for 1 h); [`ConfigBuilder::pull_through`] is what most tests want, one default upstream
-/// and `default = "allow"` ([`config_for`](crate::config_for)'s typed twin).
+/// and `default = "allow"`.
 ///
 /// `[server] listen` and `[cache] dir` are left to [`Proxy::start`](crate::Proxy::start), which
 /// sets them to its free port and `workdir/data`.

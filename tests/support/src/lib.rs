@@ -64,7 +64,7 @@ pub use fault::{Fault, FaultServer};
 pub use fixtures::{
     fixtures, manifest_digest_in_registry, push, skopeo_copy, skopeo_copy_all, Fixtures, Image,
 };
-pub use proxy::{config_for, reload_by_sighup, Proxy};
+pub use proxy::{reload_by_sighup, Proxy};
 pub use referrers::push_referrer;
 pub use registry::Registry;
 pub use tlog::TestLog;

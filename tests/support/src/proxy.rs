@@ -15,7 +15,7 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running portcullis. Killed (SIGKILL) on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
-    /// `workdir/data`, substituted for `{DATA}` in the config.
+    /// `workdir/data`, the cache: the config's `[cache] dir` (`{DATA}` in TOML text).
     pub data_dir: PathBuf,
     /// `workdir/proxy.log`: stdout and stderr, appended across restarts.
     pub log: PathBuf,
@@ -192,40 +192,9 @@ pub fn reload_by_sighup(pid: u32, log: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!(
-        "portcullis ({pid}) logged no reload outcome within {RELOAD_TIMEOUT:?} of SIGHUP; log {}:\n{}",
+        "portcullis ({pid}) logged no reload outcome within {RELOAD_TIMEOUT:?} of SIGHUP; \
+         log {}:\n{}",
         log.display(),
         log_tail(log, 40)
     );
-}
-
-/// A portcullis config with the `{LISTEN}` and `{DATA}` placeholders, one default upstream named
-/// `name` at `url` (plain http, as tests need), and `[policy] default = "allow"`. `extra` is
-/// appended verbatim (more `[[upstream]]` tables, a `[policy]` of its own that replaces the
-/// default one).
-pub fn config_for(name: &str, url: &str, extra: &str) -> String {
-    let policy = if extra.contains("[policy]") {
-        ""
-    } else {
-        "[policy]\ndefault = \"allow\"\n"
-    };
-    format!(
-        r#"[server]
-listen = "{{LISTEN}}"
-
-[cache]
-dir = "{{DATA}}"
-max_size = "2GiB"
-tag_ttl = "5m"
-max_stale = "1h"
-
-[[upstream]]
-name = "{name}"
-url = "{url}"
-default = true
-read_timeout = "5s"
-
-{policy}
-{extra}
-"#
-    )
 }
