@@ -1,4 +1,5 @@
-//! Hot reload: SIGHUP, or a change of the config file or of the TLS files (polled), builds a new
+//! Hot reload: SIGHUP, or a change of the config file or of a file it names (TLS certificates,
+//! the users file, trust keys and `trusted_root.json` files; polled), builds a new
 //! [`App`](crate::App) on the same cache and swaps it in. A configuration that fails validation is rejected
 //! with a log line, and the one in force stays.
 
@@ -73,14 +74,22 @@ fn reload(state: &State, path: &Path, tls: Option<&Tls>) {
     }
 }
 
-/// Modification times of the config file and the TLS files it names.
-fn stamps(state: &State, path: &Path) -> Vec<Option<SystemTime>> {
+/// Modification times (and sizes) of the config file and every file it names: a user removed
+/// from the users file, or a key revoked, takes effect without a signal.
+fn stamps(state: &State, path: &Path) -> Vec<Option<(SystemTime, u64)>> {
     let app = state.load();
-    let s = &app.config.server;
+    let c = &app.config;
+    let s = &c.server;
     std::iter::once(path)
         .chain(s.tls_cert.as_deref())
         .chain(s.tls_key.as_deref())
         .chain(s.client_ca.as_deref())
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .chain(c.auth.as_ref().map(|a| a.users_file.as_path()))
+        .chain(c.trust.keys.iter().map(|k| k.path.as_path()))
+        .chain(c.trust.roots.iter().map(|r| r.trusted_root.as_path()))
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
         .collect()
 }
