@@ -171,7 +171,7 @@ EOF
   tail -20 "$T/containerd.log" >&2; die "containerd did not start"
 }
 
-# A private dockerd (vfs, no networking) on that containerd, as tests/operations/clients.rs
+# A private dockerd (vfs, no networking) on that containerd, as tests/e2e/operations/clients.rs
 # starts it. Returns 1 (log in $T/dockerd.log) if it does not come up.
 start_dockerd() { # start_dockerd DIR INSECURE_HOST
   local d="$1"; mkdir -p "$d/e"; DOCKER_SOCK="$d/docker.sock"
