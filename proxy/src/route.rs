@@ -4,8 +4,7 @@
 //! configured upstream (`/v2/<registry-host>/<repo>/…`), then the default upstream. docker.io
 //! names with one segment become `library/<name>`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use portcullis_cache::{Digest, DigestError};
 use regex::Regex;
@@ -133,12 +132,16 @@ pub fn validate_repo(name: &str) -> Result<(), ProxyError> {
 }
 
 /// The configured upstreams, in routing order.
+/// Offline stand-ins for registries with no `[[upstream]]`, kept at most.
+const MAX_PLACEHOLDERS: u64 = 64;
+
 pub struct Router {
     upstreams: Vec<Arc<Upstream>>,
     default: Option<Arc<Upstream>>,
     /// Offline: registries with no `[[upstream]]` still name cache namespaces.
     offline: bool,
-    placeholders: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Their stand-ins, bounded: a client picks the names (`?ns=`), so they must not pile up.
+    placeholders: moka::sync::Cache<String, Arc<Upstream>>,
     metrics: Metrics,
 }
 
@@ -154,7 +157,7 @@ impl Router {
             upstreams,
             default,
             offline,
-            placeholders: Mutex::default(),
+            placeholders: moka::sync::Cache::new(MAX_PLACEHOLDERS),
             metrics,
         }
     }
@@ -171,16 +174,12 @@ impl Router {
         if !self.offline {
             return None;
         }
-        let mut held = self
-            .placeholders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(up) = held.get(name) {
-            return Some(Arc::clone(up));
+        if let Some(up) = self.placeholders.get(name) {
+            return Some(up);
         }
         let cfg = UpstreamConfig::offline_placeholder(name).ok()?;
         let up = Arc::new(Upstream::new(&cfg, true, self.metrics.clone()).ok()?);
-        held.insert(name.to_owned(), Arc::clone(&up));
+        self.placeholders.insert(name.to_owned(), Arc::clone(&up));
         Some(up)
     }
 

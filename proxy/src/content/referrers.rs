@@ -335,8 +335,12 @@ fn remember(app: &App, key: String, index: &Arc<ReferrersIndex>) -> Result<(), P
         fetched_at_ms: now_ms(),
         index: &**index,
     };
-    let raw = serde_json::to_vec(&record).map_err(|e| ProxyError::Internal(e.to_string()))?;
-    app.store.put_meta(META, &key, &raw)?;
+    // A negative answer ("no referrers") lives in memory only, under the same TTL: any client
+    // can ask about any digest, and those answers must not accumulate on disk.
+    if !index.manifests.is_empty() {
+        let raw = serde_json::to_vec(&record).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        app.store.put_meta(META, &key, &raw)?;
+    }
     let held = HeldReferrers {
         fetched_at_ms: record.fetched_at_ms,
         index: Arc::clone(index),

@@ -25,8 +25,17 @@ pub async fn serve(
     head: bool,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (all, obtained) = referrers::referrers(app, target, subject).await?;
-    outcome.cache = obtained.as_str();
+    // Only for a manifest this repository holds (a client pulls the image first): a lookup for
+    // any digest a client makes up would cost an upstream call and a record each.
+    let held =
+        app.store.manifest(subject)?.is_some() && app.store.is_linked(&target.name, subject)?;
+    let all = if held {
+        let (all, obtained) = referrers::referrers(app, target, subject).await?;
+        outcome.cache = obtained.as_str();
+        all
+    } else {
+        Arc::new(referrers::ReferrersIndex::new(Vec::new()))
+    };
     let index = match artifact_type {
         Some(t) => Arc::new(all.filtered(t)),
         None => all,
