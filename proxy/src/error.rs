@@ -150,7 +150,18 @@ impl ProxyError {
 }
 
 impl From<portcullis_cache::Error> for ProxyError {
+    /// A store that cannot read or write (a full disk, a RocksDB error) is a `503`: the request
+    /// may succeed later, and nothing partial was kept. A corrupt record is a bug: `500`.
     fn from(e: portcullis_cache::Error) -> Self {
-        ProxyError::Internal(e.to_string())
+        use portcullis_cache::Error;
+        match e {
+            Error::Db(_) | Error::Io { .. } => {
+                ProxyError::Unavailable(format!("the cache cannot be used now: {e}"))
+            }
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => {
+                ProxyError::BadUpstream(e.to_string())
+            }
+            Error::Corrupt(_) => ProxyError::Internal(e.to_string()),
+        }
     }
 }

@@ -229,12 +229,12 @@ fn write_all(
     progress: &watch::Sender<Progress>,
     what: &str,
 ) -> Result<u64, ProxyError> {
-    let bad = |e: portcullis_cache::Error| match e {
-        e @ (portcullis_cache::Error::DigestMismatch { .. }
-        | portcullis_cache::Error::SizeMismatch { .. }) => {
-            ProxyError::BadUpstream(format!("{what}: {e}"))
-        }
-        e => ProxyError::Internal(format!("{what}: {e}")),
+    // A full disk or a store error: the fetch fails cleanly (the temporary file goes with the
+    // writer) and clients get a 503; a mismatch is the upstream's fault.
+    let bad = |e: portcullis_cache::Error| match ProxyError::from(e) {
+        ProxyError::BadUpstream(m) => ProxyError::BadUpstream(format!("{what}: {m}")),
+        ProxyError::Unavailable(m) => ProxyError::Unavailable(format!("{what}: {m}")),
+        other => ProxyError::Internal(format!("{what}: {other}")),
     };
     loop {
         match rx.blocking_recv() {

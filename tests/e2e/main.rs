@@ -27,6 +27,7 @@ mod client_auth;
 mod config_examples;
 mod deploy_examples;
 mod faults;
+mod full_disk;
 mod gate_doors;
 mod operations;
 mod provenance;
