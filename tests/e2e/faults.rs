@@ -12,10 +12,12 @@ use portcullis_testkit::{
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const UPSTREAM: &str = "upstream.test";
 
-/// Portcullis in front of the upstream `upstream.test` at `url`, which gets 1 s to answer.
-fn proxy_to(work: &Path, sub: &str, url: &str) -> Proxy {
+/// Portcullis in front of the upstream `upstream.test` at `url`, which gets 1 s to answer; its
+/// metrics listener (where `/readyz` has the details) on `metrics`.
+fn proxy_to(work: &Path, sub: &str, url: &str, metrics: u16) -> Proxy {
     let config = ConfigBuilder::pull_through(UPSTREAM, url)
-        .with_upstream(UPSTREAM, |u| u.read_timeout = Duration::from_secs(1));
+        .with_upstream(UPSTREAM, |u| u.read_timeout = Duration::from_secs(1))
+        .metrics(metrics);
     Proxy::start(Path::new(BIN), &work.join(sub), &config)
 }
 
@@ -46,7 +48,8 @@ async fn upstream_failures_map_to_oci_errors() {
         ("stalled", stalled.url(), 503, "UNAVAILABLE"),
         ("refused", refused.clone(), 503, "UNAVAILABLE"),
     ] {
-        let p = proxy_to(work.path(), sub, &url);
+        let metrics = portcullis_testkit::free_port();
+        let p = proxy_to(work.path(), sub, &url, metrics);
         for path in [
             "/v2/a/b/manifests/v1".to_owned(),
             format!("/v2/a/b/manifests/{blob}"),
@@ -58,8 +61,12 @@ async fn upstream_failures_map_to_oci_errors() {
                 "{sub} {path}"
             );
         }
-        // Readiness reports the upstream's state but never fails on it.
-        let ready = http::get(&format!("{}/readyz", p.url())).await;
+        // Readiness reports the upstream's state (on the metrics listener only: the registry
+        // port answers anyone) but never fails on it.
+        let public = http::get(&format!("{}/readyz", p.url())).await;
+        assert_eq!(public.status, 200);
+        assert_eq!(&public.body[..], br#"{"ready":true}"#);
+        let ready = http::get(&format!("http://127.0.0.1:{metrics}/readyz")).await;
         assert_eq!(ready.status, 200);
         let r: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
         let state = &r["upstreams"]["upstream.test"]["state"];
@@ -89,7 +96,12 @@ async fn a_body_cut_short_is_aborted_and_not_cached() {
         to: upstream.addr,
         after: 4 << 20,
     });
-    let p = proxy_to(work.path(), "p", &cut.url());
+    let p = proxy_to(
+        work.path(),
+        "p",
+        &cut.url(),
+        portcullis_testkit::free_port(),
+    );
     let manifest = http::get(&format!("{}/v2/test/big/manifests/v1", p.url())).await;
     assert_eq!(manifest.status, 200, "{}", p.log_contents());
     let m: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
@@ -192,7 +204,12 @@ async fn blob_redirects_are_followed_without_credentials_to_another_host() {
 #[test]
 fn sigterm_shuts_down_cleanly() {
     let work = tempdir();
-    let mut p = proxy_to(work.path(), "p", "http://127.0.0.1:9");
+    let mut p = proxy_to(
+        work.path(),
+        "p",
+        "http://127.0.0.1:9",
+        portcullis_testkit::free_port(),
+    );
     let status = p.terminate();
     assert!(status.success(), "{status:?}");
     assert!(p.log_contents().contains("shutting down"));

@@ -13,8 +13,9 @@ pub fn live() -> Response<ResponseBody> {
     text(Bytes::from_static(b"ok"), "text/plain")
 }
 
-pub fn ready(app: &App) -> Response<ResponseBody> {
-    text(Bytes::from(readiness(app)), "application/json")
+/// Readiness without details, for a port anyone may ask.
+pub fn ready_public() -> Response<ResponseBody> {
+    text(Bytes::from_static(br#"{"ready":true}"#), "application/json")
 }
 
 /// The readiness report as JSON text.

@@ -1,8 +1,9 @@
-//! `/healthz` and `/readyz`: probes answer before authentication and routing.
+//! `/healthz` and `/readyz`: probes answer before authentication and routing. The registry port
+//! answers anyone, so its `/readyz` says only that it is ready; the details (cache directory,
+//! upstreams' state) are on the metrics listener.
 
 use http::Method;
 
-use super::snapshot::app;
 use super::{Next, Req, Resp};
 use crate::handlers::health;
 
@@ -12,7 +13,7 @@ pub async fn probes(req: Req, next: Next) -> Resp {
     }
     match req.uri().path() {
         "/healthz" => health::live(),
-        "/readyz" => health::ready(&app(&req)),
+        "/readyz" => health::ready_public(),
         _ => next.run(req).await,
     }
 }
