@@ -218,6 +218,25 @@ impl Store {
         Ok(self.db.get(keys::meta(namespace, key))?)
     }
 
+    /// Deletes the records of `namespace` whose key `keep` refuses (records of a policy no longer
+    /// in force, say); how many went.
+    pub fn retain_meta(&self, namespace: &str, keep: impl Fn(&str) -> bool) -> Result<u64, Error> {
+        let prefix = keys::meta(namespace, "");
+        let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        let mut gone = 0;
+        for item in self.db.iterator(mode) {
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if !keep(&String::from_utf8_lossy(rest)) {
+                self.db.delete(&k)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     /// Every tag mapping held: `(repository, tag key, record)`.
     pub fn tags(&self) -> Result<Vec<(String, String, TagRecord)>, Error> {
         let mut out = Vec::new();

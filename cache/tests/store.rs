@@ -145,3 +145,27 @@ fn eviction_is_lru_and_spares_referenced_blobs() {
     assert_eq!(store.size(), 0);
     assert!(store.manifest(&md).unwrap().is_none());
 }
+
+#[test]
+fn retain_meta_deletes_what_the_caller_refuses_in_one_namespace_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig {
+        dir: dir.path().to_owned(),
+        max_size: 1 << 30,
+        hot_bytes: 1 << 20,
+    })
+    .unwrap();
+    store.put_meta("verdict", "old\0a", b"1").unwrap();
+    store.put_meta("verdict", "new\0a", b"2").unwrap();
+    store.put_meta("gate", "old\0a", b"3").unwrap();
+    let gone = store
+        .retain_meta("verdict", |k| k.starts_with("new\0"))
+        .unwrap();
+    assert_eq!(gone, 1);
+    assert_eq!(store.meta("verdict", "old\0a").unwrap(), None);
+    assert_eq!(
+        store.meta("verdict", "new\0a").unwrap(),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(store.meta("gate", "old\0a").unwrap(), Some(b"3".to_vec()));
+}

@@ -133,6 +133,33 @@ impl App {
         })
     }
 
+    /// Deletes, in the background, the verdicts and gate records of policies no longer in force
+    /// (their keys start with another fingerprint), and gate records of the old, sizeless kind.
+    pub fn collect_orphans(&self) {
+        let store = Arc::clone(&self.store);
+        let current = format!("{}\0", self.policy.fingerprint());
+        tokio::task::spawn_blocking(move || {
+            let mut gone = 0;
+            for namespace in ["verdict", crate::gate::GATE] {
+                match store.retain_meta(namespace, |k| k.starts_with(&current)) {
+                    Ok(n) => gone += n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, namespace, "collecting old records failed")
+                    }
+                }
+            }
+            if let Ok(n) = store.retain_meta("gate", |_| false) {
+                gone += n;
+            }
+            if gone > 0 {
+                tracing::info!(
+                    records = gone,
+                    "collected the records of policies no longer in force"
+                );
+            }
+        });
+    }
+
     /// An air-gapped mirror: the cache is all there is.
     pub fn offline(&self) -> bool {
         self.config.server.offline

@@ -284,6 +284,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
         let metrics_listen = config.metrics.listen;
         let state: portcullis::server::State =
             Arc::new(arc_swap::ArcSwap::from_pointee(App::new(config)?));
+        state.load().collect_orphans();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -55,6 +55,9 @@ fn reload(state: &State, path: &Path, tls: Option<&Tls>) {
     match result {
         Ok(app) => {
             let changed = app.policy.fingerprint() != current.policy.fingerprint();
+            if changed {
+                app.collect_orphans();
+            }
             state.store(Arc::new(app));
             current
                 .metrics

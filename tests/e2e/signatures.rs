@@ -421,6 +421,12 @@ async fn verdicts_are_cached_and_a_policy_change_invalidates_them() {
     let (status, _, message) = code_and_message(&resp);
     assert_eq!(status, 403, "{message}");
     assert!(message.contains("signature by an unknown key"), "{message}");
+    // The old policy's verdict and gate records are collected, not kept forever.
+    let log = p.wait_for_log("collected the records of policies no longer in force");
+    assert!(
+        log.contains("collected the records of policies no longer in force"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -269,7 +269,7 @@ pub fn open_gate(app: &App, target: &Target, refs: &[Reference]) -> Result<(), P
 
 /// Gate records hold the size the verified descriptor promised (earlier records held nothing,
 /// hence a namespace of their own).
-const GATE: &str = "gate.sized";
+pub const GATE: &str = "gate.sized";
 
 fn gate_key(app: &App, target: &Target, digest: &Digest) -> String {
     format!("{}\0{}\0{digest}", app.policy.fingerprint(), target.name)
