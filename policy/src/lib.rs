@@ -28,6 +28,7 @@ mod bundle;
 mod claims;
 mod conditions;
 mod config;
+pub mod cosign;
 mod keyless;
 mod names;
 mod report;

@@ -4,17 +4,11 @@
 
 use oci_spec::image::Descriptor;
 use portcullis_cache::Digest;
+pub use portcullis_policy::cosign::{DSSE_ENVELOPE, SIMPLE_SIGNING};
 use portcullis_policy::{AttestationLayer, SignatureLayer, BUNDLE_MEDIA_TYPE_PREFIX};
 
 use super::document::{reference, Body, Document, Reference};
 use super::strict::{self, Fields};
-
-pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
-pub const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
-pub const ANN_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
-pub const ANN_CHAIN: &str = "dev.sigstore.cosign/chain";
-pub const ANN_BUNDLE: &str = "dev.sigstore.cosign/bundle";
 
 /// A signature payload, envelope, bundle or artifact config is a few kilobytes; an SBOM
 /// attestation can be more. Nothing larger is fetched, or served, as evidence.
@@ -170,33 +164,12 @@ pub fn evidence_artifact(doc: &Document, tag: Option<&str>) -> Option<EvidenceAr
 
 /// The cosign signature a simple-signing layer carries, given its payload.
 pub fn signature_layer(d: &Descriptor, payload: Vec<u8>) -> Option<SignatureLayer> {
-    if d.media_type().to_string() != SIMPLE_SIGNING {
-        return None;
-    }
-    let ann = d.annotations().as_ref();
-    let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
-    Some(SignatureLayer {
-        payload,
-        signature: get(ANN_SIGNATURE)?,
-        certificate: get(ANN_CERTIFICATE),
-        chain: get(ANN_CHAIN),
-        bundle: get(ANN_BUNDLE),
-    })
+    SignatureLayer::from_layer(d.media_type().as_ref(), d.annotations().as_ref(), payload)
 }
 
 /// The attestation a DSSE layer carries, given its envelope.
 pub fn attestation_layer(d: &Descriptor, envelope: Vec<u8>) -> Option<AttestationLayer> {
-    if d.media_type().to_string() != DSSE_ENVELOPE {
-        return None;
-    }
-    let ann = d.annotations().as_ref();
-    let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
-    Some(AttestationLayer {
-        envelope,
-        certificate: get(ANN_CERTIFICATE),
-        chain: get(ANN_CHAIN),
-        bundle: get(ANN_BUNDLE),
-    })
+    AttestationLayer::from_layer(d.media_type().as_ref(), d.annotations().as_ref(), envelope)
 }
 
 #[cfg(test)]
