@@ -29,6 +29,7 @@ mod deploy_examples;
 mod faults;
 mod full_disk;
 mod gate_doors;
+mod hostile;
 mod operations;
 mod provenance;
 mod pull_through;
