@@ -141,6 +141,33 @@ async fn only_granted_users_pull_and_strangers_never_reach_the_upstream() {
         !log.contains("correct horse") && !log.contains(TOKEN),
         "no secret in logs"
     );
+
+    // A user removed from the users file loses access without a signal: the file is watched
+    // like the configuration (and the credentials verified earlier are forgotten with it).
+    std::fs::write(&users, format!("ci:sha256:{token_hash}\n")).unwrap();
+    let removed = async {
+        for _ in 0..100 {
+            let resp = http::request(
+                "GET",
+                &url("/v2/test/small/manifests/v1"),
+                &[("authorization", good.as_str())],
+            )
+            .await;
+            if resp.status == 401 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(removed.await, "puller still pulls: {}", p.log_contents());
+    let resp = http::request(
+        "GET",
+        &url("/v2/test/small/manifests/v1"),
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "the user left in the file still pulls");
 }
 
 #[test]
