@@ -62,6 +62,24 @@ enum Secret {
     Sha256([u8; 32]),
 }
 
+/// What checking a password came to.
+enum Check {
+    Valid,
+    Wrong,
+    /// Not checked: the user or the client address is past its failure limit.
+    Limited,
+}
+
+impl Check {
+    fn of(valid: bool) -> Check {
+        if valid {
+            Check::Valid
+        } else {
+            Check::Wrong
+        }
+    }
+}
+
 /// Users, their hashed secrets and their grants.
 pub struct Authenticator {
     users: HashMap<String, Secret>,
@@ -135,22 +153,32 @@ impl Authenticator {
                 .ok()?;
             let (name, secret) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
             let user_key = format!("user:{name}");
-            if self.over_limit(&user_key) || peer_key.as_ref().is_some_and(|k| self.over_limit(k)) {
-                tracing::warn!(
-                    user = name,
-                    ?peer,
-                    "login refused unchecked: too many failures this minute"
-                );
-                return None;
-            }
-            if !self.check(name, secret).await {
-                self.failed(&user_key);
-                if let Some(k) = &peer_key {
-                    self.failed(k);
+            let limited = || {
+                self.over_limit(&user_key) || peer_key.as_ref().is_some_and(|k| self.over_limit(k))
+            };
+            let verdict = if limited() {
+                Check::Limited
+            } else {
+                self.check(name, secret, limited).await
+            };
+            match verdict {
+                Check::Valid => name.to_owned(),
+                Check::Limited => {
+                    tracing::warn!(
+                        user = name,
+                        ?peer,
+                        "login refused unchecked: too many failures this minute"
+                    );
+                    return None;
                 }
-                return None;
+                Check::Wrong => {
+                    self.failed(&user_key);
+                    if let Some(k) = &peer_key {
+                        self.failed(k);
+                    }
+                    return None;
+                }
             }
-            name.to_owned()
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let digest: [u8; 32] = Sha256::digest(rest.trim().as_bytes()).into();
             self.users
@@ -173,16 +201,21 @@ impl Authenticator {
         self.failures.insert(key.to_owned(), n.saturating_add(1));
     }
 
-    async fn check(&self, name: &str, secret: &str) -> bool {
+    /// Whether `secret` is `name`'s; unchecked if `limited` says so once it is this attempt's
+    /// turn to hash (a burst queued before the limit was reached must not each run argon2).
+    async fn check(&self, name: &str, secret: &str, limited: impl Fn() -> bool) -> Check {
         match self.users.get(name) {
-            Some(Secret::Sha256(h)) => Sha256::digest(secret.as_bytes()).as_slice() == h,
+            Some(Secret::Sha256(h)) => Check::of(Sha256::digest(secret.as_bytes()).as_slice() == h),
             Some(Secret::Argon2(phc)) => {
                 // Off the async workers, a few at a time: a flood waits here, nothing else does.
                 let Ok(_permit) = self.hashing.acquire().await else {
-                    return false;
+                    return Check::Wrong;
                 };
+                if limited() {
+                    return Check::Limited;
+                }
                 let (phc, secret) = (phc.clone(), secret.to_owned());
-                tokio::task::spawn_blocking(move || {
+                let valid = tokio::task::spawn_blocking(move || {
                     PasswordHash::new(&phc)
                         .map(|h| {
                             Argon2::default()
@@ -192,9 +225,10 @@ impl Authenticator {
                         .unwrap_or(false)
                 })
                 .await
-                .unwrap_or(false)
+                .unwrap_or(false);
+                Check::of(valid)
             }
-            None => false,
+            None => Check::Wrong,
         }
     }
 

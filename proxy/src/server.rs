@@ -78,21 +78,25 @@ pub async fn serve_state(
                 };
                 let _ = stream.set_nodelay(true);
                 let stream = lingerers.wrap(stream);
-                // The client's address, for the layers that count by it.
+                // The client's address, for the layers that count by it; and a mark once its
+                // first request arrived (until then, the connection is on a deadline).
+                let first = FirstRequest::new(limits.header_read_timeout);
+                let seen = first.clone();
                 let svc = TowerToHyperService::new(service.clone().map_request(move |mut req: Request<Incoming>| {
+                    seen.arrived();
                     req.extensions_mut().insert(crate::stack::Peer(peer));
                     req
                 }));
                 // A watcher per connection: shutdown waits for every one, handshakes included.
                 let watcher = graceful.watcher();
                 match &tls {
-                    None => spawn_conn(&builder, watcher, stream, svc, peer, admitted),
+                    None => spawn_conn(&builder, watcher, stream, svc, peer, (admitted, first)),
                     Some(tls) => {
                         let acceptor = tls.acceptor();
                         let builder = builder.clone();
                         tokio::spawn(async move {
                             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                Ok(Ok(tls_stream)) => spawn_conn(&builder, watcher, tls_stream, svc, peer, admitted),
+                                Ok(Ok(tls_stream)) => spawn_conn(&builder, watcher, tls_stream, svc, peer, (admitted, first)),
                                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                             }
@@ -123,7 +127,7 @@ fn spawn_conn<I, S>(
     io: I,
     svc: S,
     peer: SocketAddr,
-    admitted: Admitted,
+    (admitted, first): (Admitted, FirstRequest),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>
@@ -136,11 +140,53 @@ fn spawn_conn<I, S>(
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
     let conn = watcher.watch(conn);
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        // hyper's header deadline starts only once it has told HTTP/1 from HTTP/2 by the first
+        // bytes; a client that sends nothing (or half a preface) would hold the connection.
+        let deadline = tokio::time::sleep(first.within);
+        tokio::pin!(conn, deadline);
+        loop {
+            tokio::select! {
+                ended = &mut conn => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = &mut deadline, if !first.has_arrived() => {
+                    if !first.has_arrived() {
+                        tracing::debug!(%peer, "no request in time: connection closed");
+                        break;
+                    }
+                }
+            }
         }
         drop(admitted);
     });
+}
+
+/// Whether a connection's first request has arrived, and how long it may take.
+#[derive(Clone)]
+struct FirstRequest {
+    arrived: Arc<std::sync::atomic::AtomicBool>,
+    within: Duration,
+}
+
+impl FirstRequest {
+    fn new(within: Duration) -> FirstRequest {
+        FirstRequest {
+            arrived: Arc::default(),
+            within,
+        }
+    }
+
+    fn arrived(&self) {
+        self.arrived
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn has_arrived(&self) -> bool {
+        self.arrived.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The connection builder, with the limits a hostile client meets: a deadline for request

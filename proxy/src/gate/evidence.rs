@@ -27,20 +27,33 @@ const MAX_ITEMS: usize = 32;
 /// request.
 pub const MAX_EVIDENCE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// What is left of one verdict's evidence bytes.
-struct Budget(AtomicU64);
+/// What is left of one verdict's evidence bytes: fetched (each distinct digest once), and handed
+/// to the policy (a blob named by many layers is handed once per layer, so that counts too).
+struct Budget {
+    fetched: AtomicU64,
+    handed: AtomicU64,
+}
 
 impl Budget {
     fn new() -> Budget {
-        Budget(AtomicU64::new(MAX_EVIDENCE_BYTES))
+        Budget {
+            fetched: AtomicU64::new(MAX_EVIDENCE_BYTES),
+            handed: AtomicU64::new(MAX_EVIDENCE_BYTES),
+        }
     }
 
-    /// Takes `n` bytes if they are left.
+    /// Takes `n` bytes to fetch, if they are left.
     fn take(&self, n: u64) -> bool {
-        self.0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(n)
-            })
+        Self::draw(&self.fetched, n)
+    }
+
+    /// Takes `n` bytes to hand to the policy, if they are left.
+    fn hand(&self, n: usize) -> bool {
+        Self::draw(&self.handed, n as u64)
+    }
+
+    fn draw(left: &AtomicU64, n: u64) -> bool {
+        left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
             .is_ok()
     }
 }
@@ -96,14 +109,30 @@ async fn legacy(
     .await?;
     let mut sigs = Vec::new();
     let mut atts = Vec::new();
-    for (d, (r, _)) in doc.layers().iter().zip(artifact.blobs.iter().skip(1)) {
+    for (d, (r, material)) in doc.layers().iter().zip(artifact.blobs.iter().skip(1)) {
         let Some(bytes) = blobs.get(&r.digest) else {
             continue;
         };
-        sigs.extend(cosign::signature_layer(d, bytes.to_vec()));
-        atts.extend(cosign::attestation_layer(d, bytes.to_vec()));
+        if !handed(budget, bytes, target, r) {
+            break;
+        }
+        match material {
+            Material::SimpleSigning => sigs.extend(cosign::signature_layer(d, bytes.to_vec())),
+            Material::Dsse => atts.extend(cosign::attestation_layer(d, bytes.to_vec())),
+            Material::Bundle | Material::Config => {}
+        }
     }
     Ok((sigs, atts))
+}
+
+/// Whether `bytes` fit what is left to hand to the policy (each copy counts), with a log line if not.
+fn handed(budget: &Budget, bytes: &Bytes, target: &Target, r: &Reference) -> bool {
+    let fits = budget.hand(bytes.len());
+    if !fits {
+        tracing::warn!(name = %target.name, digest = %r.digest,
+            "evidence left out: over the evidence byte budget");
+    }
+    fits
 }
 
 /// The evidence artifact a manifest is, or a log line saying why it is none.
@@ -184,7 +213,9 @@ async fn one_bundle(
         .blobs
         .iter()
         .filter(|(_, m)| *m == Material::Bundle)
-        .filter_map(|(r, _)| blobs.get(&r.digest).map(|b| b.to_vec()))
+        .filter_map(|(r, _)| blobs.get(&r.digest).map(|b| (r, b)))
+        .take_while(|(r, b)| handed(budget, b, target, r))
+        .map(|(_, b)| b.to_vec())
         .collect())
 }
 
