@@ -101,14 +101,7 @@ fn cached(
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let size = blob.size();
-    let (start, end) = match range.map(parse_range_header) {
-        None | Some(Err(_)) => (0, size),
-        Some(Ok(parsed)) => match parsed.validate(size) {
-            Ok(ranges) if ranges.len() == 1 => (*ranges[0].start(), *ranges[0].end() + 1),
-            Ok(_) => (0, size), // several ranges: serve the whole blob
-            Err(_) => return Err(ProxyError::RangeNotSatisfiable(size)),
-        },
-    };
+    let (start, end) = byte_range(range, size)?;
     let body = match (head, blob) {
         (true, _) => empty(),
         (false, Blob::Memory(bytes)) => full(bytes.slice(start as usize..end as usize)),
@@ -123,6 +116,25 @@ fn cached(
         }
     }
     Ok(resp)
+}
+
+/// The bytes `start..end` of a `size`-byte blob that a `Range` header asks for: the whole blob
+/// when there is no header, it does not parse, or it names several ranges.
+pub fn byte_range(range: Option<&str>, size: u64) -> Result<(u64, u64), ProxyError> {
+    match range.map(parse_range_header) {
+        None | Some(Err(_)) => Ok((0, size)),
+        Some(Ok(parsed)) => match parsed.validate(size) {
+            // `validate` clamps an end past the blob to its last byte, and to 0 for an empty
+            // blob, which has no byte to give: a range must start inside the blob (RFC 9110
+            // §14.1.1; found by fuzzing, `fuzz/fuzz_targets/range.rs`).
+            Ok(ranges) if ranges.len() == 1 && *ranges[0].start() >= size => {
+                Err(ProxyError::RangeNotSatisfiable(size))
+            }
+            Ok(ranges) if ranges.len() == 1 => Ok((*ranges[0].start(), *ranges[0].end() + 1)),
+            Ok(_) => Ok((0, size)), // several ranges: serve the whole blob
+            Err(_) => Err(ProxyError::RangeNotSatisfiable(size)),
+        },
+    }
 }
 
 fn headers(mut resp: Response<ResponseBody>, digest: &Digest, len: u64) -> Response<ResponseBody> {
@@ -153,4 +165,41 @@ async fn upstream_head(target: &Target, digest: &Digest) -> Result<u64, ProxyErr
     }
     content_length(&resp)
         .ok_or_else(|| ProxyError::BadUpstream(format!("{what}: HEAD gave no Content-Length")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(header: &str, size: u64) -> Option<(u64, u64)> {
+        match byte_range(Some(header), size) {
+            Ok(r) => Some(r),
+            Err(ProxyError::RangeNotSatisfiable(s)) if s == size => None,
+            Err(e) => panic!("{header} of {size}: {e}"),
+        }
+    }
+
+    #[test]
+    fn ranges_of_a_blob() {
+        assert_eq!(byte_range(None, 10).unwrap(), (0, 10));
+        assert_eq!(range("bytes=0-4", 10), Some((0, 5)));
+        assert_eq!(range("bytes=5-", 10), Some((5, 10)));
+        assert_eq!(range("bytes=-3", 10), Some((7, 10)));
+        assert_eq!(range("bytes=8-100", 10), Some((8, 10)));
+        assert_eq!(range("bytes=0-1,4-5", 10), Some((0, 10)));
+        assert_eq!(range("lines=1-2", 10), Some((0, 10)));
+        assert_eq!(range("bytes=10-", 10), None);
+        assert_eq!(range("bytes=-11", 10), None);
+    }
+
+    /// Fuzzing found it: `bytes=0-0` (or `bytes=0-`) of the empty blob validated as the byte
+    /// range 0..1, and serving it from memory sliced past the end (a panic).
+    #[test]
+    fn no_range_of_the_empty_blob() {
+        for header in ["bytes=0-0", "bytes=0-", "bytes=0-499", "bytes=5-9"] {
+            assert_eq!(range(header, 0), None, "{header}");
+        }
+        assert_eq!(byte_range(None, 0).unwrap(), (0, 0));
+        assert_eq!(range("bytes=0-0,0-0", 0), None);
+    }
 }

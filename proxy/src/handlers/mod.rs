@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+pub use blobs::byte_range;
 pub use health::readiness;
 
 use crate::app::App;

@@ -10,6 +10,9 @@ use base64::Engine as _;
 
 use crate::config::UpstreamConfig;
 
+/// The longest a bearer token is kept, whatever its `expires_in` says (seconds).
+const MAX_TOKEN_TTL: u64 = 24 * 3600;
+
 /// Username and password for one upstream. Never printed: `Debug` is redacted.
 #[derive(Clone)]
 pub struct Credentials {
@@ -156,9 +159,12 @@ impl TokenCache {
     }
 
     /// Keeps `token` for `expires_in` seconds (60 when the server says nothing, as the spec
-    /// says), less a margin for the trip.
+    /// says), less a margin for the trip, and a day at most: the token endpoint is the
+    /// upstream's choice, and a huge `expires_in` overflowed `Instant` (a panic; found with
+    /// the fuzz target `fuzz/fuzz_targets/www_authenticate.rs`).
     pub fn put(&mut self, scope: &str, token: String, expires_in: Option<u64>) {
-        let ttl = Duration::from_secs(expires_in.unwrap_or(60).max(10)) - Duration::from_secs(5);
+        let secs = expires_in.unwrap_or(60).clamp(10, MAX_TOKEN_TTL);
+        let ttl = Duration::from_secs(secs) - Duration::from_secs(5);
         self.tokens.retain(|_, (_, until)| Instant::now() < *until);
         self.tokens
             .insert(scope.to_owned(), (token, Instant::now() + ttl));
@@ -216,5 +222,20 @@ mod tests {
         cache.put("s", "t".into(), Some(3600));
         assert_eq!(cache.get("s").as_deref(), Some("t"));
         assert_eq!(cache.get("other"), None);
+    }
+
+    /// Found with the fuzz target: `"expires_in": 18446744073709551615` from a token endpoint
+    /// overflowed `Instant::now() + ttl` (a panic in the request path).
+    #[test]
+    fn any_expiry_is_kept_without_overflow() {
+        let mut cache = TokenCache::default();
+        for (i, expires_in) in [Some(u64::MAX), Some(u64::MAX / 2), Some(0), None]
+            .into_iter()
+            .enumerate()
+        {
+            let scope = format!("s{i}");
+            cache.put(&scope, "t".into(), expires_in);
+            assert_eq!(cache.get(&scope).as_deref(), Some("t"), "{expires_in:?}");
+        }
     }
 }
