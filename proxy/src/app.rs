@@ -37,6 +37,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Client authentication, when `[auth]` is configured.
     pub auth: Option<Authenticator>,
+    /// The signer of verification summaries, when `[attest]` is configured.
+    pub attest: Option<Arc<crate::attest::Attester>>,
 }
 
 /// The in-memory layers that outlive a reload.
@@ -117,8 +119,15 @@ impl App {
         let default = config.upstreams.iter().position(|u| u.default);
         let policy = config.policy_engine()?;
         let auth = config.auth.as_ref().map(Authenticator::load).transpose()?;
+        let attest = config
+            .attest
+            .as_ref()
+            .map(crate::attest::Attester::load)
+            .transpose()?
+            .map(Arc::new);
         Ok(App {
             auth,
+            attest,
             router: Router::new(upstreams, default, offline, metrics.clone()),
             policy,
             store,
@@ -140,7 +149,12 @@ impl App {
         let current = format!("{}\0", self.policy.fingerprint());
         tokio::task::spawn_blocking(move || {
             let mut gone = 0;
-            for namespace in ["verdict", crate::gate::GATE] {
+            let attest = [
+                crate::attest::SUMMARY_RECORDS,
+                crate::attest::PARENT_RECORDS,
+                crate::attest::DOC_RECORDS,
+            ];
+            for namespace in ["verdict", crate::gate::GATE].into_iter().chain(attest) {
                 match store.retain_meta(namespace, |k| k.starts_with(&current)) {
                     Ok(n) => gone += n,
                     Err(e) => {

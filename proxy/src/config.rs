@@ -40,6 +40,24 @@ pub struct Config {
     /// `[[mirror]]`: what `portcullis mirror` pulls, verifies and exports.
     #[serde(default, rename = "mirror")]
     pub mirrors: Vec<MirrorConfig>,
+    /// `[attest]`: sign a verification summary for every image that passed (optional).
+    pub attest: Option<AttestConfig>,
+}
+
+/// `[attest]`: the key portcullis signs its verification summaries (SLSA VSAs) with, and the
+/// verifier identity they name. The key's password comes from the environment or a file, never
+/// from this file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestConfig {
+    /// A P-256 private key, PKCS#8 PEM (encrypted or not); relative to the config file.
+    pub key: PathBuf,
+    /// `predicate.verifier.id`: who verified, a URI admission policies can pin.
+    pub verifier_id: String,
+    /// The name of an environment variable holding the key's password.
+    pub password_env: Option<String>,
+    /// A file holding the key's password (one line); relative to the config file.
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[[mirror]]`: images for the connected side of an air gap.
@@ -272,6 +290,12 @@ impl Config {
         if let Some(auth) = &mut config.auth {
             auth.users_file = base.join(&auth.users_file);
         }
+        if let Some(attest) = &mut config.attest {
+            attest.key = base.join(&attest.key);
+            if let Some(p) = &mut attest.password_file {
+                *p = base.join(&*p);
+            }
+        }
         for p in [
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
@@ -329,6 +353,9 @@ impl Config {
         self.policy_engine()?;
         if let Some(auth) = &self.auth {
             crate::auth::Authenticator::load(auth)?;
+        }
+        if let Some(attest) = &self.attest {
+            crate::attest::Attester::load(attest)?;
         }
         Ok(())
     }

@@ -29,9 +29,12 @@
 //! - [`reload`]: SIGHUP and file changes swap in a new configuration; [`metrics`]: Prometheus.
 //! - [`airgap`]: import, export and mirror of OCI layouts; `cache ls` and `cache gc`.
 //! - [`verify`]: `portcullis verify`, the policy's verdict on one image, with reasons.
+//! - [`attest`]: signed verification summaries (SLSA VSAs) of what passed, served in the
+//!   referrers and under the cosign `.att` tag.
 
 pub mod airgap;
 pub mod app;
+pub mod attest;
 pub mod auth;
 pub mod body;
 pub mod coalesce;

@@ -119,7 +119,9 @@ pub fn held_verdict(app: &App, name: &str, digest: &Digest) -> Option<Verdict> {
     serde_json::from_slice(&raw).ok()
 }
 
-fn verdict_key(app: &App, name: &str, digest: &Digest) -> String {
+/// The key verdicts (and what is kept with them) are held under: policy fingerprint, name,
+/// digest.
+pub(crate) fn verdict_key(app: &App, name: &str, digest: &Digest) -> String {
     format!("{}\0{name}\0{digest}", app.policy.fingerprint())
 }
 
@@ -165,8 +167,7 @@ pub fn enforce(
         return Ok(());
     }
     open_gate(app, target, &doc.blobs().map_err(invalid(target, digest))?)?;
-    let verified = verdict.decision == Decision::Allow && !verdict.rules.is_empty() && !audited;
-    if verified {
+    if verified(verdict) {
         let children = doc.children().map_err(invalid(target, digest))?;
         for child in children.iter().map(|c| &c.digest) {
             let vouched = Verdict {
@@ -183,9 +184,21 @@ pub fn enforce(
                 &Arc::new(vouched),
             )?;
         }
+        crate::attest::summarise(app, target, digest, doc, verdict)?;
     }
     app.gated.insert(key, ());
     Ok(())
+}
+
+/// Whether a verdict is a verification that passed: allowed by rules (not by `[policy]
+/// default`), none of them failed in audit mode. Only such a verdict vouches for an index's
+/// children and gets a signed summary.
+pub fn verified(verdict: &Verdict) -> bool {
+    let audited = verdict
+        .rules
+        .iter()
+        .any(|r| !r.passed && r.mode == portcullis_policy::Mode::Audit);
+    verdict.decision == Decision::Allow && !verdict.rules.is_empty() && !audited
 }
 
 fn count(app: &App, verdict: &Verdict) {

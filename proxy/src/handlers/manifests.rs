@@ -21,6 +21,12 @@ pub async fn serve(
     head: bool,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    // portcullis' own verification summaries (`[attest]`): the `.att` tag, their documents.
+    if let Some(ours) =
+        crate::attest::manifest(app, target, reference, accept, head, outcome).await?
+    {
+        return Ok(ours);
+    }
     let (digest, manifest, obtained) = match reference {
         Reference::Digest(d) => {
             let (m, obtained) = content::by_digest(app, target, d, accept).await?;

@@ -1,6 +1,7 @@
 //! `GET`/`HEAD /v2/<name>/referrers/<digest>`: the subject's referrers from
-//! [`content::referrers`](crate::content::referrers), filtered by `?artifactType=`. A referrer is
-//! only a pointer: what it points to passes the gate when it is fetched.
+//! [`content::referrers`](crate::content::referrers), with portcullis' own verification summary
+//! of a subject that passed (`[attest]`), filtered by `?artifactType=`. A referrer is only a
+//! pointer: what it points to passes the gate when it is fetched.
 
 use std::sync::Arc;
 
@@ -32,7 +33,8 @@ pub async fn serve(
     let all = if held {
         let (all, obtained) = referrers::referrers(app, target, subject).await?;
         outcome.cache = obtained.as_str();
-        all
+        // With `[attest]`, the summary of a subject that passed is listed first.
+        crate::attest::referrers(app, target, subject, all)?
     } else {
         Arc::new(referrers::ReferrersIndex::new(Vec::new()))
     };
