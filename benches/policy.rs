@@ -37,6 +37,7 @@ fn evaluate(c: &mut Criterion) {
             name: "test".into(),
             trusted_root: dir.path().join("root.json"),
         }],
+        pins: Vec::new(),
     };
     let rules = vec![
         rule(

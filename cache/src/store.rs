@@ -185,6 +185,16 @@ impl Store {
         Ok(self.db.put(keys::link(repo, digest), [])?)
     }
 
+    /// Whether any repository under `registry` holds anything (one seek).
+    pub fn holds_registry(&self, registry: &str) -> Result<bool, Error> {
+        let prefix = format!("l/{registry}/").into_bytes();
+        let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        match self.db.iterator(mode).next() {
+            Some(item) => Ok(item?.0.starts_with(&prefix)),
+            None => Ok(false),
+        }
+    }
+
     pub fn is_linked(&self, repo: &str, digest: &Digest) -> Result<bool, Error> {
         Ok(self.db.get_pinned(keys::link(repo, digest))?.is_some())
     }
@@ -216,6 +226,10 @@ impl Store {
 
     pub fn meta(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.db.get(keys::meta(namespace, key))?)
+    }
+
+    pub fn delete_meta(&self, namespace: &str, key: &str) -> Result<(), Error> {
+        Ok(self.db.delete(keys::meta(namespace, key))?)
     }
 
     /// Deletes the records of `namespace` whose key `keep` refuses (records of a policy no longer

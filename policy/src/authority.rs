@@ -22,6 +22,8 @@ use crate::Evidence;
 
 pub(crate) enum Kind {
     Key(String),
+    /// A `[[trust.pins]]` set: vouches for the digests it lists under this exact name.
+    Pinned(String),
     Keyless {
         root: String,
         matcher: IdentityMatcher,
@@ -45,6 +47,7 @@ pub(crate) struct Findings {
 
 /// The evidence for one manifest, parsed once for all rules and authorities.
 pub(crate) struct Items<'e> {
+    pub name: &'e str,
     pub digest: &'e str,
     evidence: &'e Evidence,
     bundles: Vec<Result<Bundle, String>>,
@@ -63,8 +66,9 @@ enum Item {
 }
 
 impl<'e> Items<'e> {
-    pub fn new(digest: &'e str, evidence: &'e Evidence) -> Items<'e> {
+    pub fn new(name: &'e str, digest: &'e str, evidence: &'e Evidence) -> Items<'e> {
         Items {
+            name,
             digest,
             evidence,
             bundles: evidence.bundles.iter().map(|b| bundle::parse(b)).collect(),
@@ -87,67 +91,82 @@ impl Authority {
         nth: usize,
         trust: &TrustStore,
     ) -> Result<Authority, String> {
-        let kind = match (&cfg.key, &cfg.keyless) {
-            (Some(key), None) => {
-                if !trust.keys.contains_key(key) {
-                    return Err(format!("authority key {key:?} is not a [[trust.key]]"));
+        let kind =
+            match (&cfg.key, &cfg.keyless, &cfg.pinned) {
+                (None, None, Some(set)) => {
+                    if !trust.pins.contains_key(set) {
+                        return Err(format!("authority pinned {set:?} is not a [[trust.pins]]"));
+                    }
+                    Kind::Pinned(set.clone())
                 }
-                Kind::Key(key.clone())
-            }
-            (None, Some(k)) => {
-                if !trust.roots.contains_key(&k.root) {
-                    return Err(format!("keyless root {:?} is not a [[trust.root]]", k.root));
+                (Some(key), None, None) => {
+                    if !trust.keys.contains_key(key) {
+                        return Err(format!("authority key {key:?} is not a [[trust.key]]"));
+                    }
+                    Kind::Key(key.clone())
                 }
-                if let Some(bad) = k
-                    .claims
-                    .keys()
-                    .find(|c| !crate::claims::NAMES.contains(&c.as_str()))
-                {
-                    return Err(format!(
-                        "unknown certificate claim {bad:?}; known: {}",
-                        crate::claims::NAMES.join(", ")
-                    ));
+                (None, Some(k), None) => {
+                    if !trust.roots.contains_key(&k.root) {
+                        return Err(format!("keyless root {:?} is not a [[trust.root]]", k.root));
+                    }
+                    if let Some(bad) = k
+                        .claims
+                        .keys()
+                        .find(|c| !crate::claims::NAMES.contains(&c.as_str()))
+                    {
+                        return Err(format!(
+                            "unknown certificate claim {bad:?}; known: {}",
+                            crate::claims::NAMES.join(", ")
+                        ));
+                    }
+                    let re = |r: &Option<String>| {
+                        r.as_deref()
+                            .map(Regex::new)
+                            .transpose()
+                            .map_err(|e| format!("bad regex: {e}"))
+                    };
+                    let matcher = IdentityMatcher {
+                        issuer: k.issuer.clone(),
+                        issuer_regex: re(&k.issuer_regex)?,
+                        subject: k.subject.clone(),
+                        subject_regex: re(&k.subject_regex)?,
+                        claims: k.claims.clone(),
+                    };
+                    if matcher.issuer.is_none() && matcher.issuer_regex.is_none() {
+                        return Err("a keyless authority needs issuer or issuer_regex".into());
+                    }
+                    if matcher.subject.is_none() && matcher.subject_regex.is_none() {
+                        return Err("a keyless authority needs subject or subject_regex".into());
+                    }
+                    Kind::Keyless {
+                        root: k.root.clone(),
+                        matcher,
+                    }
                 }
-                let re = |r: &Option<String>| {
-                    r.as_deref()
-                        .map(Regex::new)
-                        .transpose()
-                        .map_err(|e| format!("bad regex: {e}"))
-                };
-                let matcher = IdentityMatcher {
-                    issuer: k.issuer.clone(),
-                    issuer_regex: re(&k.issuer_regex)?,
-                    subject: k.subject.clone(),
-                    subject_regex: re(&k.subject_regex)?,
-                    claims: k.claims.clone(),
-                };
-                if matcher.issuer.is_none() && matcher.issuer_regex.is_none() {
-                    return Err("a keyless authority needs issuer or issuer_regex".into());
-                }
-                if matcher.subject.is_none() && matcher.subject_regex.is_none() {
-                    return Err("a keyless authority needs subject or subject_regex".into());
-                }
-                Kind::Keyless {
-                    root: k.root.clone(),
-                    matcher,
-                }
-            }
-            _ => {
-                return Err(
-                    "an authority is either key = \"…\" or keyless = { … }, exactly one".into(),
-                )
-            }
-        };
+                _ => return Err(
+                    "an authority is exactly one of key = \"…\", keyless = { … } or pinned = \"…\""
+                        .into(),
+                ),
+            };
         let name = cfg.name.clone().unwrap_or_else(|| match &kind {
-            Kind::Key(k) => k.clone(),
+            Kind::Key(k) | Kind::Pinned(k) => k.clone(),
             Kind::Keyless { .. } => format!("keyless-{nth}"),
         });
         Ok(Authority { name, kind })
     }
 
+    /// The pins set, for a pinned authority.
+    pub fn pin_set(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Pinned(set) => Some(set),
+            _ => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.kind {
             Kind::Key(k) => format!("key {k:?}"),
+            Kind::Pinned(p) => format!("pins {p:?}"),
             Kind::Keyless { root, matcher } => {
                 format!("keyless {root:?} ({})", matcher.describe())
             }
@@ -157,6 +176,17 @@ impl Authority {
     /// Everything this authority vouches for among `items`.
     pub fn examine(&self, items: &Items<'_>, trust: &TrustStore) -> Findings {
         let mut found = Findings::default();
+        if let Kind::Pinned(set) = &self.kind {
+            // A pin is about the bytes, not about evidence: it signs nothing and attests nothing.
+            if trust.pins[set].contains(items.name, items.digest) {
+                found.signed = Some(format!("digest pinned for {} in {set:?}", items.name));
+            } else {
+                found
+                    .sig_reasons
+                    .push(format!("{} is not pinned for {}", items.digest, items.name));
+            }
+            return found;
+        }
         for item in items.all() {
             let checked = self.check(item, items, trust);
             let is_sig = matches!(item, Item::Signature(_));
@@ -210,6 +240,7 @@ impl Authority {
                 let content = trust.keyed.verify(b, digest, &trust.key_der[name])?;
                 Ok((content, format!("signed with key {name:?}")))
             }
+            (Kind::Pinned(_), _) => Err("a pin vouches for no evidence".into()),
             (Kind::Keyless { root, matcher }, item) => {
                 let (id, content) = items
                     .memo

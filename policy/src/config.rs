@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// `[[trust.key]]` and `[[trust.root]]`.
+/// `[[trust.key]]`, `[[trust.root]]` and `[[trust.pins]]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
@@ -14,6 +14,17 @@ pub struct TrustConfig {
     pub keys: Vec<KeyConfig>,
     #[serde(default, rename = "root")]
     pub roots: Vec<RootConfig>,
+    #[serde(default)]
+    pub pins: Vec<PinsConfig>,
+}
+
+/// A file of reviewed digests by image name (`"registry/repo" = ["sha256:…"]`), written by
+/// `portcullis pin`. A missing file is an empty set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinsConfig {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 /// A cosign public key (PEM: ECDSA P-256/384/521, Ed25519 or RSA).
@@ -66,6 +77,10 @@ pub struct RuleConfig {
     /// annotations to pass its own rules too.
     #[serde(default)]
     pub verify_base: bool,
+    /// The first digest a tag served verified stays the only one served for it: a tag moved
+    /// upstream is refused (under this rule's mode) until the new digest is pinned.
+    #[serde(default)]
+    pub immutable_tags: bool,
 }
 
 /// `[[rule.attestation]]`: an in-toto attestation of `predicate_type`, signed by one of
@@ -82,7 +97,7 @@ pub struct AttestationConfig {
     pub conditions: Vec<String>,
 }
 
-/// `[[rule.authority]]`: a key, or a keyless identity. Exactly one of the two.
+/// `[[rule.authority]]`: a key, a keyless identity, or a pins set. Exactly one of the three.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorityConfig {
@@ -92,6 +107,8 @@ pub struct AuthorityConfig {
     /// The name of a `[[trust.key]]`.
     pub key: Option<String>,
     pub keyless: Option<KeylessConfig>,
+    /// The name of a `[[trust.pins]]`: the digests reviewed for this image name.
+    pub pinned: Option<String>,
 }
 
 /// A Fulcio certificate identity, checked offline against a `[[trust.root]]`.

@@ -10,7 +10,8 @@
 //! # Layout
 //! - `names`: allow/deny globs and the default action.
 //! - `config`: the `[[trust.*]]` and `[[rule]]` tables.
-//! - `trust`: keys and trusted roots loaded from files (and the bundled public-good root).
+//! - `trust`: keys, trusted roots and pins loaded from files (and the bundled public-good root).
+//! - `pins`: reviewed digests by image name (`[[trust.pins]]`), an authority for unsigned images.
 //! - `signature`: a fetched signature layer, the payload binding and keyed checks.
 //! - `attestation`: a legacy `.att` layer (DSSE), keyed checks and its bundle equivalent.
 //! - `bundle`: Sigstore bundles, verified with `sigstore-verify` (proofs, TSA, Rekor v2).
@@ -31,6 +32,7 @@ mod config;
 pub mod cosign;
 mod keyless;
 mod names;
+mod pins;
 mod report;
 mod rules;
 mod signature;
@@ -42,10 +44,11 @@ use sha2::{Digest as _, Sha256};
 pub use attestation::AttestationLayer;
 pub use bundle::MEDIA_TYPE_PREFIX as BUNDLE_MEDIA_TYPE_PREFIX;
 pub use config::{
-    AttestationConfig, AuthorityConfig, KeyConfig, KeylessConfig, Mode, RootConfig, RuleConfig,
-    TrustConfig,
+    AttestationConfig, AuthorityConfig, KeyConfig, KeylessConfig, Mode, PinsConfig, RootConfig,
+    RuleConfig, TrustConfig,
 };
 pub use names::{compile_globs, DefaultAction, NameDecision, NamePolicy, NamePolicyConfig};
+pub use pins::PinSet;
 pub use rules::{
     AttestationResult, AuthorityResult, Decision, FoundAttestation, Rule, RuleResult, Verdict,
 };
@@ -123,19 +126,60 @@ impl Policy {
         )
     }
 
+    /// Whether a rule covering `name` keeps its tags immutable, and the strictest mode among
+    /// those that do (what serving a moved tag does).
+    pub fn immutable_tags(&self, name: &str) -> Option<Mode> {
+        strictest(
+            self.rules_for(name)
+                .iter()
+                .filter(|r| r.immutable_tags)
+                .map(|r| r.mode),
+        )
+    }
+
+    /// A test for names whose tags some rule keeps immutable, owned (for background work).
+    pub fn immutable_names(&self) -> impl Fn(&str) -> bool + Send + 'static {
+        let sets: Vec<globset::GlobSet> = self
+            .rules
+            .iter()
+            .filter(|r| r.immutable_tags)
+            .map(|r| r.images().clone())
+            .collect();
+        move |name| sets.iter().any(|s| s.is_match(name))
+    }
+
+    /// The `[[trust.pins]]` set that pins `digest` for `name`, if any.
+    pub fn pinned_by(&self, name: &str, digest: &str) -> Option<&str> {
+        self.trust
+            .pins
+            .iter()
+            .find(|(_, set)| set.contains(name, digest))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The pins sets by name: what `portcullis pin` edits and checks.
+    pub fn pins(&self) -> &std::collections::BTreeMap<String, PinSet> {
+        &self.trust.pins
+    }
+
     /// Whether a rule covering `name` asks for its base image to be verified too, and the
     /// strictest mode among those that do (what a failing base image does).
     pub fn verify_base(&self, name: &str) -> Option<Mode> {
-        self.rules_for(name)
-            .iter()
-            .filter(|r| r.verify_base)
-            .map(|r| r.mode)
-            .min_by_key(|m| match m {
-                Mode::Enforce => 0,
-                Mode::Warn => 1,
-                Mode::Audit => 2,
-            })
+        strictest(
+            self.rules_for(name)
+                .iter()
+                .filter(|r| r.verify_base)
+                .map(|r| r.mode),
+        )
     }
+}
+
+fn strictest(modes: impl Iterator<Item = Mode>) -> Option<Mode> {
+    modes.min_by_key(|m| match m {
+        Mode::Enforce => 0,
+        Mode::Warn => 1,
+        Mode::Audit => 2,
+    })
 }
 
 /// Everything the proxy found for one manifest: legacy cosign signatures (`.sig`) and

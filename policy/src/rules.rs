@@ -21,6 +21,7 @@ pub struct Rule {
     pub mode: Mode,
     pub threshold: usize,
     pub verify_base: bool,
+    pub immutable_tags: bool,
     images: GlobSet,
     authorities: Vec<Authority>,
     attestations: Vec<Requirement>,
@@ -177,6 +178,7 @@ impl Rule {
             mode: cfg.mode,
             threshold,
             verify_base: cfg.verify_base,
+            immutable_tags: cfg.immutable_tags,
             images: compile_globs(&cfg.images)?,
             authorities,
             attestations,
@@ -185,6 +187,15 @@ impl Rule {
 
     pub fn matches(&self, name: &str) -> bool {
         self.images.is_match(name)
+    }
+
+    pub fn images(&self) -> &GlobSet {
+        &self.images
+    }
+
+    /// The `[[trust.pins]]` sets this rule accepts as authorities.
+    pub fn pin_sets(&self) -> impl Iterator<Item = &str> {
+        self.authorities.iter().filter_map(Authority::pin_set)
     }
 
     fn evaluate(
@@ -352,7 +363,7 @@ pub fn verdict(
             base: None,
         };
     }
-    let items = Items::new(digest, evidence);
+    let items = Items::new(name, digest, evidence);
     let mut found = Vec::new();
     let results: Vec<RuleResult> = rules
         .iter()
@@ -366,7 +377,11 @@ pub fn verdict(
             _ => {}
         }
     }
-    let message = describe(name, digest, &results, decision);
+    let mut message = describe(name, digest, &results, decision);
+    if decision == Decision::Deny && evidence.is_empty() {
+        message.push_str(" | ");
+        message.push_str(&unsigned_hint(name, digest, rules));
+    }
     Verdict {
         name: name.into(),
         digest: digest.into(),
@@ -375,6 +390,21 @@ pub fn verdict(
         message,
         attestations: found,
         base: None,
+    }
+}
+
+/// For an image with no signature of any kind: say so, and how a reviewed pin lets it through.
+fn unsigned_hint(name: &str, digest: &str, rules: &[&Rule]) -> String {
+    let head = format!(
+        "{name}@{digest} carries no signature, attestation or bundle at all, so no key or identity can vouch for it"
+    );
+    match rules.iter().find_map(|r| r.pin_sets().next()) {
+        Some(set) => format!(
+            "{head}. If you reviewed this digest, pin it: `portcullis pin {name}@{digest} --pins {set}` (with the same --config as the server)"
+        ),
+        None => format!(
+            "{head}. If you reviewed this digest, pin it: add a [[trust.pins]] set and a [[rule.authority]] pinned = \"<set>\" to a rule covering {name}, then `portcullis pin {name}@{digest} --pins <set>`"
+        ),
     }
 }
 

@@ -14,6 +14,7 @@ use sigstore_verify::types::DerPublicKey;
 
 use crate::bundle::{KeyedVerifier, RootVerifier};
 use crate::config::TrustConfig;
+use crate::pins::PinSet;
 use crate::PolicyError;
 
 /// The public Sigstore instance's `trusted_root.json`, bundled (see `policy/trust/README.md`).
@@ -36,7 +37,8 @@ pub struct TrustStore {
     pub key_der: BTreeMap<String, DerPublicKey>,
     pub keyed: KeyedVerifier,
     pub roots: BTreeMap<String, Root>,
-    /// sha256 over the names and bytes of every key and root.
+    pub pins: BTreeMap<String, PinSet>,
+    /// sha256 over the names and bytes of every key, root and pins file.
     pub fingerprint: String,
 }
 
@@ -89,11 +91,23 @@ impl TrustStore {
                 return Err(PolicyError::Trust(format!("{ctx} appears twice")));
             }
         }
+        let mut pins = BTreeMap::new();
+        for p in &cfg.pins {
+            let ctx = format!("[[trust.pins]] {:?}", p.name);
+            let (set, bytes) = PinSet::load(&p.path, &ctx)?.unwrap_or_default();
+            // A pin added or removed changes every verdict it could touch: it is trust material.
+            hash.update(format!("pins\0{}\0", p.name));
+            hash.update(&bytes);
+            if pins.insert(p.name.clone(), set).is_some() {
+                return Err(PolicyError::Trust(format!("{ctx} appears twice")));
+            }
+        }
         Ok(TrustStore {
             keys,
             key_der,
             keyed: KeyedVerifier::default(),
             roots,
+            pins,
             fingerprint: hex::encode(hash.finalize()),
         })
     }

@@ -25,6 +25,9 @@ pub struct App {
     /// Verdicts by `fingerprint\0name\0digest`, in front of their RocksDB copies. The key holds
     /// the policy fingerprint, so a policy or trust change misses it without a flush.
     pub verdicts: Cache<String, Arc<Verdict>>,
+    /// Denials, by the same keys, in memory only and for `tag_ttl`: a signature pushed upstream
+    /// after a denial must be seen without a policy change.
+    pub denials: Cache<String, Arc<Verdict>>,
     /// Verdict keys whose gates (and vouchers) are already written.
     pub gated: Cache<String, ()>,
     /// Referrer lists by `name\0subject`, in front of their RocksDB copies.
@@ -44,6 +47,7 @@ pub struct App {
 /// The in-memory layers that outlive a reload.
 struct Caches {
     verdicts: Cache<String, Arc<Verdict>>,
+    denials: Cache<String, Arc<Verdict>>,
     gated: Cache<String, ()>,
     referrers: Cache<String, HeldReferrers>,
     deciding: Arc<Coalesce<String, Arc<Verdict>>>,
@@ -68,6 +72,10 @@ impl App {
         let flights = Arc::new(Flights::new(metrics.clone()));
         let caches = Caches {
             verdicts: Cache::new(100_000),
+            denials: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.cache.tag_ttl)
+                .build(),
             gated: Cache::new(100_000),
             referrers: Cache::new(10_000),
             deciding: Arc::default(),
@@ -93,6 +101,7 @@ impl App {
             Arc::clone(&self.store),
             Caches {
                 verdicts: self.verdicts.clone(),
+                denials: self.denials.clone(),
                 gated: self.gated.clone(),
                 referrers: self.referrers.clone(),
                 deciding: Arc::clone(&self.deciding),
@@ -128,10 +137,21 @@ impl App {
         Ok(App {
             auth,
             attest,
-            router: Router::new(upstreams, default, offline, metrics.clone()),
+            router: Router::new(
+                upstreams,
+                default,
+                offline,
+                offline.then(|| {
+                    let store = Arc::clone(&store);
+                    Arc::new(move |registry: &str| store.holds_registry(registry).unwrap_or(false))
+                        as crate::route::HeldRegistries
+                }),
+                metrics.clone(),
+            ),
             policy,
             store,
             verdicts: caches.verdicts,
+            denials: caches.denials,
             gated: caches.gated,
             referrers: caches.referrers,
             deciding: caches.deciding,
@@ -143,10 +163,12 @@ impl App {
     }
 
     /// Deletes, in the background, the verdicts and gate records of policies no longer in force
-    /// (their keys start with another fingerprint), and gate records of the old, sizeless kind.
+    /// (their keys start with another fingerprint), gate records of the old, sizeless kind, and
+    /// immutable-tag records of names no rule keeps immutable any more.
     pub fn collect_orphans(&self) {
         let store = Arc::clone(&self.store);
         let current = format!("{}\0", self.policy.fingerprint());
+        let held = crate::gate::tags::still_held(self);
         tokio::task::spawn_blocking(move || {
             let mut gone = 0;
             let attest = [
@@ -164,6 +186,10 @@ impl App {
             }
             if let Ok(n) = store.retain_meta("gate", |_| false) {
                 gone += n;
+            }
+            match store.retain_meta(crate::gate::tags::FIRST, &held) {
+                Ok(n) => gone += n,
+                Err(e) => tracing::warn!(error = %e, "collecting immutable tag records failed"),
             }
             if gone > 0 {
                 tracing::info!(

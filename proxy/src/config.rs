@@ -287,6 +287,9 @@ impl Config {
         for key in &mut config.trust.keys {
             key.path = base.join(&key.path);
         }
+        for pins in &mut config.trust.pins {
+            pins.path = base.join(&pins.path);
+        }
         if let Some(auth) = &mut config.auth {
             auth.users_file = base.join(&auth.users_file);
         }

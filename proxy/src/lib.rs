@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! server (listeners, TLS) -> stack (layers) -> handlers -> gate -> content -> upstream / cache
-//!                                   verify, airgap ---^        ^--- oci (strict reader)
+//!                              verify, pin, airgap ---^        ^--- oci (strict reader)
 //! ```
 //! - [`server`], [`tls`], [`conns`]: the listeners, HTTPS, connection limits; [`stack`]: the request path as ordered tower
 //!   layers (log, configuration snapshot, probes, metrics, headers, authentication, route and
@@ -31,6 +31,7 @@
 //! - [`verify`]: `portcullis verify`, the policy's verdict on one image, with reasons.
 //! - [`attest`]: signed verification summaries (SLSA VSAs) of what passed, served in the
 //!   referrers and under the cosign `.att` tag.
+//! - [`pin`]: `portcullis pin`, reviewed digests recorded in a pins file, and `pin --check`.
 
 pub mod airgap;
 pub mod app;
@@ -48,6 +49,7 @@ pub mod handlers;
 pub mod linger;
 pub mod metrics;
 pub mod oci;
+pub mod pin;
 pub mod reload;
 pub mod route;
 pub mod server;

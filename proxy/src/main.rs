@@ -74,6 +74,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record a reviewed digest: resolve IMAGE as a pull would, show its digest (and
+    /// platforms), and append it to a `[[trust.pins]]` file with a comment saying which tag, who
+    /// and when. With --check, list the pins whose tag now points elsewhere (exit 1 if any).
+    Pin {
+        /// `registry/repository:tag` or `…@sha256:…`, e.g. `docker.io/library/alpine:3.20`.
+        #[arg(required_unless_present = "check")]
+        image: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The `[[trust.pins]]` set to edit (needed when the config has more than one).
+        #[arg(long)]
+        pins: Option<String>,
+        #[arg(long, conflicts_with = "image")]
+        check: bool,
+    },
     /// Read a secret from standard input and print its argon2 hash for an `[auth]` users file.
     HashSecret,
     /// Load and validate a configuration file, then exit.
@@ -166,6 +181,18 @@ fn main() -> ExitCode {
                 Ok(true)
             });
         }
+        Command::Pin {
+            image,
+            config,
+            pins,
+            check,
+        } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            return pin(config, image.as_deref(), pins.as_deref(), check);
+        }
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin()
@@ -252,6 +279,34 @@ fn verify(config: Config, image: &str, json: bool) -> ExitCode {
     }
 }
 
+fn pin(config: Config, image: Option<&str>, set: Option<&str>, check: bool) -> ExitCode {
+    let result = runtime().and_then(|rt| {
+        let out = rt.block_on(async {
+            match image {
+                Some(image) if !check => portcullis::pin::pin(config, image, set)
+                    .await
+                    .map(|lines| (lines, true)),
+                _ => portcullis::pin::check(config, set).await,
+            }
+        });
+        rt.shutdown_timeout(SHUTDOWN_GRACE);
+        out
+    });
+    match result {
+        Ok((lines, ok)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
     match path {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
@@ -296,13 +351,11 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
             tracing::info!(addr = %m, "metrics listening");
             tokio::spawn(portcullis::server::serve_metrics(Arc::clone(&state), ml));
         }
-        if let Some(path) = path {
-            tokio::spawn(portcullis::reload::watch(
-                Arc::clone(&state),
-                path,
-                tls.clone(),
-            ));
-        }
+        tokio::spawn(portcullis::reload::watch(
+            Arc::clone(&state),
+            path,
+            tls.clone(),
+        ));
         tracing::info!(%addr, tls = tls.is_some(), "listening");
         portcullis::server::serve_state(state, tls, listener, portcullis::server::signal(), grace)
             .await

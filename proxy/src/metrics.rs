@@ -47,6 +47,7 @@ pub struct Metrics {
     pub cache_size: Gauge,
     pub evictions: Counter,
     pub stale_serves: Counter,
+    pub tag_moves: Family<UpstreamLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
 }
 
@@ -67,6 +68,7 @@ impl Metrics {
             cache_size: Gauge::default(),
             evictions: Counter::default(),
             stale_serves: Counter::default(),
+            tag_moves: Family::default(),
             reloads: Family::default(),
         };
         r.register(
@@ -118,6 +120,11 @@ impl Metrics {
             "stale_serves",
             "Tag mappings served stale while the upstream was down",
             m.stale_serves.clone(),
+        );
+        r.register(
+            "tag_moves",
+            "Tags found pointing at a new digest when revalidated, by upstream",
+            m.tag_moves.clone(),
         );
         r.register(
             "config_reloads",

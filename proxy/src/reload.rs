@@ -1,5 +1,5 @@
 //! Hot reload: SIGHUP, or a change of the config file or of a file it names (TLS certificates,
-//! the users file, trust keys and `trusted_root.json` files; polled), builds a new
+//! the users file, trust keys, `trusted_root.json` and pins files; polled), builds a new
 //! [`App`](crate::App) on the same cache and swaps it in. A configuration that fails validation is rejected
 //! with a log line, and the one in force stays.
 
@@ -14,36 +14,42 @@ use crate::tls::Tls;
 
 const POLL: Duration = Duration::from_secs(2);
 
-/// Watches `path` (and the TLS files of the configuration in force) until the process ends.
-pub async fn watch(state: State, path: PathBuf, tls: Option<Arc<Tls>>) {
+/// Watches `path` (or, without one, the files the embedded default names) and the files of the
+/// configuration in force until the process ends.
+pub async fn watch(state: State, path: Option<PathBuf>, tls: Option<Arc<Tls>>) {
+    let path = path.as_deref();
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot install the SIGHUP handler; reload by file change only");
         return;
     };
-    let mut seen = stamps(&state, &path);
+    let mut seen = stamps(&state, path);
     let mut tick = tokio::time::interval(POLL);
     loop {
         tokio::select! {
             _ = hup.recv() => tracing::info!("SIGHUP received: reloading"),
             _ = tick.tick() => {
-                let now = stamps(&state, &path);
+                let now = stamps(&state, path);
                 if now == seen {
                     continue;
                 }
                 tracing::info!("configuration files changed: reloading");
             }
         }
-        reload(&state, &path, tls.as_deref());
-        seen = stamps(&state, &path);
+        reload(&state, path, tls.as_deref());
+        seen = stamps(&state, path);
     }
 }
 
-fn reload(state: &State, path: &Path, tls: Option<&Tls>) {
+fn reload(state: &State, path: Option<&Path>, tls: Option<&Tls>) {
     let current = state.load_full();
     // Build everything first; only a configuration that is whole replaces the one in force,
     // certificates included.
-    let result = Config::from_file(path)
+    let config = match path {
+        Some(path) => Config::from_file(path),
+        None => Ok(Config::embedded()),
+    };
+    let result = config
         .map_err(|e| e.to_string())
         .and_then(|config| current.reload(config))
         .and_then(|app| {
@@ -79,17 +85,18 @@ fn reload(state: &State, path: &Path, tls: Option<&Tls>) {
 
 /// Modification times (and sizes) of the config file and every file it names: a user removed
 /// from the users file, or a key revoked, takes effect without a signal.
-fn stamps(state: &State, path: &Path) -> Vec<Option<(SystemTime, u64)>> {
+fn stamps(state: &State, path: Option<&Path>) -> Vec<Option<(SystemTime, u64)>> {
     let app = state.load();
     let c = &app.config;
     let s = &c.server;
-    std::iter::once(path)
+    path.into_iter()
         .chain(s.tls_cert.as_deref())
         .chain(s.tls_key.as_deref())
         .chain(s.client_ca.as_deref())
         .chain(c.auth.as_ref().map(|a| a.users_file.as_path()))
         .chain(c.trust.keys.iter().map(|k| k.path.as_path()))
         .chain(c.trust.roots.iter().map(|r| r.trusted_root.as_path()))
+        .chain(c.trust.pins.iter().map(|p| p.path.as_path()))
         .map(|p| {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len()))

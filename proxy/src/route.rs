@@ -142,14 +142,21 @@ pub struct Router {
     offline: bool,
     /// Their stand-ins, bounded: a client picks the names (`?ns=`), so they must not pile up.
     placeholders: moka::sync::Cache<String, Arc<Upstream>>,
+    /// Offline: whether the cache holds anything of a registry. A client's request names a
+    /// registry with no `[[upstream]]` only if it does; `import` may name new ones.
+    held: Option<HeldRegistries>,
     metrics: Metrics,
 }
+
+/// A test for registries the cache holds content of.
+pub type HeldRegistries = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Router {
     pub fn new(
         upstreams: Vec<Arc<Upstream>>,
         default: Option<usize>,
         offline: bool,
+        held: Option<HeldRegistries>,
         metrics: Metrics,
     ) -> Router {
         let default = default.map(|i| Arc::clone(&upstreams[i]));
@@ -158,6 +165,7 @@ impl Router {
             default,
             offline,
             placeholders: moka::sync::Cache::new(MAX_PLACEHOLDERS),
+            held,
             metrics,
         }
     }
@@ -167,11 +175,14 @@ impl Router {
         &self.upstreams
     }
 
-    fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
+    fn by_name(&self, name: &str, client: bool) -> Option<Arc<Upstream>> {
         if let Some(up) = self.upstreams.iter().find(|u| u.name == name) {
             return Some(Arc::clone(up));
         }
         if !self.offline {
+            return None;
+        }
+        if client && !self.held.as_ref().is_some_and(|held| held(name)) {
             return None;
         }
         if let Some(up) = self.placeholders.get(name) {
@@ -184,36 +195,58 @@ impl Router {
     }
 
     /// Offline and with no default upstream: split a name as a docker reference would.
-    fn docker_split(&self, name: &str) -> Option<(Arc<Upstream>, String)> {
+    fn docker_split(&self, name: &str, client: bool) -> Option<(Arc<Upstream>, String)> {
         let (first, rest) = name.split_once('/').unwrap_or(("", name));
         let is_host = first.contains('.') || first.contains(':') || first == "localhost";
         if is_host {
-            Some((self.by_name(first)?, rest.to_owned()))
+            Some((self.by_name(first, client)?, rest.to_owned()))
         } else {
-            Some((self.by_name("docker.io")?, name.to_owned()))
+            Some((self.by_name("docker.io", client)?, name.to_owned()))
         }
     }
 
-    /// Picks the upstream and normalises the name.
+    /// Picks the upstream and normalises the name, for a command (`import` may bring a
+    /// registry the cache does not hold yet).
     pub fn route(&self, client_name: &str, ns: Option<&str>) -> Result<Target, ProxyError> {
+        self.route_for(client_name, ns, false)
+    }
+
+    /// [`route`](Self::route) for a client's request: offline, a registry with no
+    /// `[[upstream]]` is a namespace only if the cache holds something of it, so that names a
+    /// client makes up (`?ns=`, host prefixes) are refused rather than given stand-ins.
+    pub fn route_request(&self, client_name: &str, ns: Option<&str>) -> Result<Target, ProxyError> {
+        self.route_for(client_name, ns, true)
+    }
+
+    fn route_for(
+        &self,
+        client_name: &str,
+        ns: Option<&str>,
+        client: bool,
+    ) -> Result<Target, ProxyError> {
         let (upstream, repo) = if let Some(ns) = ns {
-            let up = self.by_name(ns).ok_or_else(|| {
+            let up = self.by_name(ns, client).ok_or_else(|| {
                 ProxyError::NameUnknown(format!(
-                    "no [[upstream]] named {ns:?} is configured (from ?ns={ns})"
+                    "no [[upstream]] named {ns:?} is configured{} (from ?ns={ns})",
+                    if self.offline {
+                        ", and the cache holds nothing of it"
+                    } else {
+                        ""
+                    }
                 ))
             })?;
             (up, client_name.to_owned())
         } else if let Some((first, rest)) = client_name
             .split_once('/')
             .and_then(|(f, r)| self.upstreams.iter().any(|u| u.name == f).then_some((f, r)))
-            .and_then(|(f, r)| self.by_name(f).map(|u| (u, r.to_owned())))
+            .and_then(|(f, r)| self.by_name(f, client).map(|u| (u, r.to_owned())))
         {
             (first, rest)
         } else if let Some(up) = &self.default {
             (Arc::clone(up), client_name.to_owned())
         } else if let Some(split) = self
             .offline
-            .then(|| self.docker_split(client_name))
+            .then(|| self.docker_split(client_name, client))
             .flatten()
         {
             split

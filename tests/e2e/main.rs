@@ -15,6 +15,7 @@
 //! - [`provenance`]: Sigstore bundles, attestations with CEL conditions, base images.
 //! - [`referrers`]: the OCI referrers API and referrer artifacts as verification material.
 //! - [`gate_doors`]: the gate's side doors, tried as an attacker with push access would.
+//! - [`pins`]: reviewed pins for unsigned images, `portcullis pin`, moved and immutable tags.
 //! - [`airgap`]: mirror, export, import and offline serving.
 //! - [`operations`]: TLS and mTLS, hot reload, metrics, health, logs, shutdown, and each
 //!   shipped client config with the real client.
@@ -31,6 +32,7 @@ mod full_disk;
 mod gate_doors;
 mod hostile;
 mod operations;
+mod pins;
 mod provenance;
 mod pull_through;
 mod referrers;

@@ -57,6 +57,7 @@ pub async fn resolve_tag(
         let (d, m) = held.ok_or_else(|| offline_miss(&format!("{}:{tag}", target.name)))?;
         return Ok((d, m, Obtained::Hit));
     }
+    let mut previous = None;
     if let Some(rec) = app.store.tag(&target.name, &key)? {
         let age = Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms));
         let digest: Option<Digest> = rec.digest.parse().ok();
@@ -64,6 +65,7 @@ pub async fn resolve_tag(
             Some(d) => app.store.manifest(d)?.map(|m| (d.clone(), m)),
             None => None,
         };
+        previous = digest;
         if let Some((d, m)) = held {
             if age < cache.tag_ttl {
                 return Ok((d, m, Obtained::Hit));
@@ -85,8 +87,25 @@ pub async fn resolve_tag(
         }
     }
     let (digest, m) = fetch(app, target, tag, None, accept).await?;
+    if let Some(old) = previous.filter(|old| *old != digest) {
+        moved(app, target, tag, &old, &digest);
+    }
     remember(app, target, &key, &digest, &m.media_type)?;
     Ok((digest, m, Obtained::Miss))
+}
+
+/// A tag that points elsewhere than when it was last seen: the seeds' first example of an
+/// untrusted registry. Whether the new digest is served is the gate's decision
+/// (`immutable_tags`); seeing it is everyone's business.
+fn moved(app: &App, target: &Target, tag: &str, old: &Digest, new: &Digest) {
+    tracing::warn!(name = %target.name, tag, old = %old, new = %new,
+        upstream = %target.upstream.name, "tag moved upstream");
+    app.metrics
+        .tag_moves
+        .get_or_create(&crate::metrics::UpstreamLabel {
+            upstream: target.upstream.name.clone(),
+        })
+        .inc();
 }
 
 fn remember(

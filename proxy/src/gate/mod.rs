@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod base;
 mod evidence;
+pub mod tags;
 
 use portcullis_cache::Digest;
 use portcullis_policy::{Decision, Evidence, Verdict};
@@ -53,11 +54,15 @@ async fn decide(
     chain: &[String],
 ) -> Result<Arc<Verdict>, ProxyError> {
     let key = verdict_key(app, &target.name, digest);
-    if let Some(v) = app.verdicts.get(&key) {
+    if let Some(v) = app.verdicts.get(&key).or_else(|| app.denials.get(&key)) {
         return Ok(v);
     }
     if let Some(raw) = app.store.meta("verdict", &key)? {
-        if let Ok(v) = serde_json::from_slice::<Verdict>(&raw) {
+        // Denials written by earlier versions are decided again, like expired ones.
+        let held = serde_json::from_slice::<Verdict>(&raw)
+            .ok()
+            .filter(|v| v.decision != Decision::Deny);
+        if let Some(v) = held {
             let v = Arc::new(v);
             app.verdicts.insert(key, Arc::clone(&v));
             return Ok(v);
@@ -125,7 +130,16 @@ pub(crate) fn verdict_key(app: &App, name: &str, digest: &Digest) -> String {
     format!("{}\0{name}\0{digest}", app.policy.fingerprint())
 }
 
+/// Keeps a verdict: a pass or a warning for as long as the policy is in force (in RocksDB), a
+/// denial in memory for `tag_ttl`, since the evidence that would lift it can arrive upstream.
 fn remember(app: &App, key: String, v: &Arc<Verdict>) -> Result<(), ProxyError> {
+    if v.decision == Decision::Deny {
+        app.store.delete_meta("verdict", &key)?;
+        app.verdicts.invalidate(&key);
+        app.denials.insert(key, Arc::clone(v));
+        return Ok(());
+    }
+    app.denials.invalidate(&key);
     let raw = serde_json::to_vec(&**v).map_err(|e| ProxyError::Internal(e.to_string()))?;
     app.store.put_meta("verdict", &key, &raw)?;
     app.verdicts.insert(key, Arc::clone(v));

@@ -82,6 +82,29 @@ pub async fn serve(
     if size != expected {
         return Err(wrong_size(size, "the running fetch expects"));
     }
+    if range.is_some() {
+        // A range is cut from the committed blob: a client resuming a download, or asking just
+        // after a fetch released its body but before it committed, gets its 206, not the whole.
+        let done = progress
+            .wait_for(|p| {
+                matches!(
+                    p,
+                    Progress::Verified {
+                        committed: true,
+                        ..
+                    } | Progress::Failed(_)
+                )
+            })
+            .await
+            .map_err(|_| ProxyError::Internal("blob fetch vanished".into()))?
+            .clone();
+        if let Progress::Failed(e) = done {
+            return Err((*e).clone());
+        }
+        if let Some(blob) = app.store.blob(digest)? {
+            return cached(blob, digest, range, head);
+        }
+    }
     let source = Source::Following {
         paths: flight.paths.clone(),
         progress,

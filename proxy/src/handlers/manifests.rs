@@ -54,6 +54,10 @@ pub async fn serve(
                 portcullis_policy::Decision::Warn => "warn",
                 portcullis_policy::Decision::Deny => "deny",
             });
+            // Before enforcing: a moved immutable tag opens no gate for what it now names.
+            if let Some(tag) = tag {
+                gate::tags::hold(app, target, tag, &digest, &verdict)?;
+            }
             gate::enforce(app, target, &digest, &doc, &verdict)?;
         }
     }

@@ -84,7 +84,7 @@ fn routed(app: &App, req: &Req) -> Result<(&'static str, Routed), (&'static str,
     }
     let target = app
         .router
-        .route(&client_name, query.ns.as_deref())
+        .route_request(&client_name, query.ns.as_deref())
         .map_err(|e| (route, e))?;
     if let (Some(auth), Some(User(user))) = (&app.auth, req.extensions().get::<User>()) {
         if !auth.allows(user, &target.name) {

@@ -207,4 +207,19 @@ async fn serve_offline_flag_without_upstreams_routes_names_like_docker_reference
         s.log_contents()
     );
     assert!(message.contains("offline"), "{message}");
+    // A registry the cache holds nothing of, named by the client, is refused as a name: made-up
+    // `?ns=` values and host prefixes get no namespace of their own.
+    for path in [
+        "keyed/app/manifests/v1?ns=made-up.example".to_owned(),
+        "made-up.example/keyed/app/manifests/v1".to_owned(),
+        "127.0.0.9:1/keyed/app/manifests/v1".to_owned(),
+    ] {
+        let resp = http::get(&format!("{base}/v2/{path}")).await;
+        let (status, code, message) = code_and_message(&resp);
+        assert_eq!(
+            (status, code.as_str()),
+            (404, "NAME_UNKNOWN"),
+            "GET /v2/{path}: {message}"
+        );
+    }
 }

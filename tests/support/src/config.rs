@@ -15,8 +15,8 @@ use portcullis::auth::{AuthConfig, GrantConfig};
 use portcullis::config::{CacheConfig, LogFormat, MirrorConfig, ServerConfig, UpstreamConfig};
 use portcullis::Config;
 use portcullis_policy::{
-    AttestationConfig, AuthorityConfig, DefaultAction, KeyConfig, KeylessConfig, Mode, RootConfig,
-    RuleConfig,
+    AttestationConfig, AuthorityConfig, DefaultAction, KeyConfig, KeylessConfig, Mode, PinsConfig,
+    RootConfig, RuleConfig,
 };
 
 /// A [`Config`] for tests. [`ConfigBuilder::new`] starts from the binary's own defaults (policy
@@ -158,6 +158,15 @@ impl ConfigBuilder {
         self.config.trust.roots.push(RootConfig {
             name: name.to_owned(),
             trusted_root: trusted_root.to_owned(),
+        });
+        self
+    }
+
+    /// A `[[trust.pins]]` file (it need not exist yet).
+    pub fn trust_pins(mut self, name: &str, path: &Path) -> ConfigBuilder {
+        self.config.trust.pins.push(PinsConfig {
+            name: name.to_owned(),
+            path: path.to_owned(),
         });
         self
     }
@@ -349,6 +358,20 @@ impl Rule {
     /// `threshold`: how many distinct authorities must accept the image.
     pub fn threshold(mut self, n: usize) -> Rule {
         self.0.threshold = Some(n);
+        self
+    }
+
+    /// An authority: the `[[trust.pins]]` set named `set`.
+    pub fn pinned(self, set: &str) -> Rule {
+        self.authority(AuthorityConfig {
+            pinned: Some(set.to_owned()),
+            ..AuthorityConfig::default()
+        })
+    }
+
+    /// `immutable_tags = true`.
+    pub fn immutable_tags(mut self) -> Rule {
+        self.0.immutable_tags = true;
         self
     }
 

@@ -103,6 +103,12 @@ impl Proxy {
         self.reload()
     }
 
+    /// The config file it was started with (`workdir/portcullis.toml`), for CLI commands that
+    /// share it.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// PID of the running process, if any.
     pub fn pid(&self) -> Option<u32> {
         self.daemon.pid()

@@ -1,0 +1,252 @@
+//! `portcullis pin`: record a reviewed digest in a `[[trust.pins]]` file, and `pin --check`:
+//! list pins whose tag now points elsewhere.
+//!
+//! The tag is resolved the way a pull resolves it (through [`content`], on a throw-away cache
+//! like `verify`), so what is pinned is what a pull would be served. The file is edited in
+//! place with its comments kept; each new digest gets a comment saying which tag it came from,
+//! who pinned it and when, which `--check` reads back.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Array, DocumentMut, Item, Value};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::content::{self, Accept};
+use crate::oci::document::Body;
+use crate::oci::Document;
+use crate::route::{parse_image_ref, Reference};
+
+/// What an image reference resolved to.
+struct Resolved {
+    name: String,
+    digest: String,
+    /// The index's platforms (`os/arch[/variant]`), or empty for a single manifest.
+    platforms: Vec<String>,
+}
+
+/// Resolves `image`, appends its digest to the pins set, and says what it did.
+pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<String>, String> {
+    let path = pins_path(&config, set)?;
+    let (_, reference) = parse_image_ref(image)?;
+    let r = with_scratch(config, |app| async move { resolve(&app, image).await }).await?;
+    let tag = match &reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
+    let mut out = vec![format!(
+        "{image} is {}{}",
+        r.digest,
+        if r.platforms.is_empty() {
+            String::new()
+        } else {
+            format!(" (an index: {})", r.platforms.join(", "))
+        }
+    )];
+    let mut doc = read(&path)?;
+    let entry = doc
+        .entry(&r.name)
+        .or_insert_with(|| Item::Value(Value::Array(Array::new())));
+    let array = entry
+        .as_array_mut()
+        .ok_or_else(|| format!("{}: {:?} is not an array", path.display(), r.name))?;
+    if array.iter().any(|v| v.as_str() == Some(r.digest.as_str())) {
+        out.push(format!(
+            "already pinned for {} in {}",
+            r.name,
+            path.display()
+        ));
+        return Ok(out);
+    }
+    let mut value = Value::from(r.digest.as_str());
+    value
+        .decor_mut()
+        .set_prefix(format!("\n  # {}\n  ", comment(tag, &r.platforms)));
+    array.push_formatted(value);
+    array.set_trailing("\n");
+    array.set_trailing_comma(true);
+    write(&path, &doc.to_string())?;
+    out.push(format!(
+        "pinned {}@{} in {}",
+        r.name,
+        r.digest,
+        path.display()
+    ));
+    Ok(out)
+}
+
+/// Every pin whose recorded tag now resolves to another digest (not itself pinned): the lines
+/// to print, and whether all pins still match.
+pub async fn check(config: Config, set: Option<&str>) -> Result<(Vec<String>, bool), String> {
+    let path = pins_path(&config, set)?;
+    let doc = read(&path)?;
+    let mut wanted = Vec::new();
+    for (name, item) in doc.iter() {
+        let Some(array) = item.as_array() else {
+            continue;
+        };
+        let pinned: Vec<String> = array
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        for v in array.iter() {
+            if let (Some(digest), Some(tag)) = (v.as_str(), recorded_tag(v)) {
+                wanted.push((name.to_owned(), tag, digest.to_owned(), pinned.clone()));
+            }
+        }
+    }
+    with_scratch(config, |app| async move {
+        let mut lines = Vec::new();
+        let mut all_current = true;
+        for (name, tag, digest, pinned) in wanted {
+            let image = format!("{name}:{tag}");
+            match resolve(&app, &image).await {
+                Ok(r) if r.digest == digest => lines.push(format!("{image}: {digest} (current)")),
+                Ok(r) if pinned.contains(&r.digest) => {
+                    lines.push(format!("{image}: now {} (also pinned)", r.digest))
+                }
+                Ok(r) => {
+                    all_current = false;
+                    lines.push(format!(
+                        "{image}: MOVED: pinned {digest}, now points at {}",
+                        r.digest
+                    ));
+                }
+                Err(e) => {
+                    all_current = false;
+                    lines.push(format!("{image}: cannot resolve: {e}"));
+                }
+            }
+        }
+        Ok((lines, all_current))
+    })
+    .await
+}
+
+/// The pins comment: the tag it came from (read back by `--check`), who, when, platforms.
+fn comment(tag: Option<&str>, platforms: &[String]) -> String {
+    let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let day = when.get(..10).unwrap_or(&when);
+    let mut c = match tag {
+        Some(t) => format!("tag {t}, pinned by {who} on {day}"),
+        None => format!("pinned by digest by {who} on {day}"),
+    };
+    if !platforms.is_empty() {
+        c.push_str(&format!(" ({})", platforms.join(", ")));
+    }
+    c
+}
+
+/// The tag a pin's comment records (`# tag <tag>, …`).
+fn recorded_tag(v: &Value) -> Option<String> {
+    let prefix = v.decor().prefix()?.as_str()?;
+    prefix.lines().rev().find_map(|l| {
+        let rest = l.trim().strip_prefix("# tag ")?;
+        Some(rest.split(',').next()?.trim().to_owned())
+    })
+}
+
+fn pins_path(config: &Config, set: Option<&str>) -> Result<PathBuf, String> {
+    let sets = &config.trust.pins;
+    let names = || {
+        sets.iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match set {
+        Some(n) => sets
+            .iter()
+            .find(|p| p.name == n)
+            .map(|p| p.path.clone())
+            .ok_or_else(|| {
+                format!(
+                    "no [[trust.pins]] named {n:?} in the configuration (it has: {})",
+                    names()
+                )
+            }),
+        None if sets.len() == 1 => Ok(sets[0].path.clone()),
+        None if sets.is_empty() => Err("the configuration has no [[trust.pins]] set".into()),
+        None => Err(format!("choose a set with --pins: {}", names())),
+    }
+}
+
+fn read(path: &Path) -> Result<DocumentMut, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from(
+            "# Reviewed digests, by image name: an authority for rules with `pinned = \"<set>\"`.\n# Written by `portcullis pin`; checked by `portcullis pin --check`.\n",
+        ),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    // The same reading the policy does, so that what is edited here is what will load.
+    portcullis_policy::PinSet::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.parse()
+        .map_err(|e| format!("{}: not TOML: {e}", path.display()))
+}
+
+/// Replaces the file whole (a new file, then a rename), so a server watching it never reads half.
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Runs `f` on an [`App`] over a throw-away cache (so that a serving instance keeps its own).
+async fn with_scratch<T, F, Fut>(mut config: Config, f: F) -> Result<T, String>
+where
+    F: FnOnce(App) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let scratch = std::env::temp_dir().join(format!("portcullis-pin-{}", std::process::id()));
+    config.cache.dir = scratch.clone();
+    let result = match App::new(config) {
+        Ok(app) => f(app).await,
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn resolve(app: &App, image: &str) -> Result<Resolved, String> {
+    let (name, reference) = parse_image_ref(image)?;
+    let target = app.router.route(&name, None).map_err(|e| e.to_string())?;
+    let accept = Accept::default();
+    let (digest, manifest) = match &reference {
+        Reference::Tag(tag) => content::resolve_tag(app, &target, tag, &accept)
+            .await
+            .map(|(d, m, _)| (d, m)),
+        Reference::Digest(d) => content::by_digest(app, &target, d, &accept)
+            .await
+            .map(|(m, _)| (d.clone(), m)),
+    }
+    .map_err(|e| e.to_string())?;
+    let doc = Document::parse(&manifest.bytes, Some(&manifest.media_type))
+        .map_err(|e| format!("{image}: {e}"))?;
+    let platforms = match &doc.body {
+        Body::Index(i) => i
+            .manifests()
+            .iter()
+            .filter_map(|m| m.platform().as_ref())
+            .map(|p| {
+                let mut s = format!("{}/{}", p.os(), p.architecture());
+                if let Some(v) = p.variant() {
+                    s.push('/');
+                    s.push_str(v);
+                }
+                s
+            })
+            .collect(),
+        Body::Manifest(_) => Vec::new(),
+    };
+    Ok(Resolved {
+        name: target.name,
+        digest: digest.to_string(),
+        platforms,
+    })
+}
