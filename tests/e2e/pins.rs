@@ -367,3 +367,41 @@ async fn a_signature_pushed_after_a_denial_is_found() {
     let r = manifest(&q, "late/other", &other).await;
     assert_eq!(r.status, 200, "{}", message(&r));
 }
+
+/// The "done when": a new user pulls `alpine` through the embedded default after one
+/// `portcullis pin`. The embedded default as it ships, but for its Docker Hub address (the real
+/// registry here, on loopback) and where its relative pins file lives.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_default_pulls_alpine_after_one_pin() {
+    let w = World::new();
+    let reviewed = w.push(Image::Multi, "library/alpine:3.20");
+    let mut embedded = portcullis::Config::embedded();
+    for pins in &mut embedded.trust.pins {
+        pins.path = w.work.join(&pins.path); // relative to the working directory, as shipped
+    }
+    let pins_file = embedded.trust.pins[0].path.clone();
+    let url = w.upstream.url();
+    let config = ConfigBuilder::from_config(embedded)
+        .with_upstream("docker.io", |u| u.url = url.parse().unwrap());
+    let p = Proxy::start(Path::new(BIN), &w.work.join("p"), &config);
+
+    // `docker pull alpine:3.20`, as Docker asks a registry mirror: denied, with the way out.
+    let denied = manifest(&p, "library/alpine", "3.20").await;
+    assert_eq!(denied.status, 403, "{}", message(&denied));
+    let pin = format!("portcullis pin docker.io/library/alpine@{reviewed} --pins reviewed");
+    assert!(message(&denied).contains(&pin), "{}", message(&denied));
+
+    let out = w.pin(&p, &["docker.io/library/alpine:3.20"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::read_to_string(&pins_file)
+            .unwrap()
+            .contains(&reviewed),
+        "{}",
+        text(&out)
+    );
+    let ok = until_status(&p, "library/alpine", "3.20", 200).await;
+    assert_eq!(ok.status, 200, "{}", message(&ok));
+    skopeo_copy(&format!("{}/alpine:3.20", p.host()), &w.work.join("alpine"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log_contents()));
+}
