@@ -15,6 +15,8 @@
 //! - [`provenance`]: Sigstore bundles, attestations with CEL conditions, base images.
 //! - [`referrers`]: the OCI referrers API and referrer artifacts as verification material.
 //! - [`gate_doors`]: the gate's side doors, tried as an attacker with push access would.
+//! - [`attest`]: portcullis' signed verification summaries, checked by sigstore-js and as cosign
+//!   checks a keyed attestation, and the admission-controller examples that read them.
 //! - [`pins`]: reviewed pins for unsigned images, `portcullis pin`, moved and immutable tags.
 //! - [`airgap`]: mirror, export, import and offline serving.
 //! - [`operations`]: TLS and mTLS, hot reload, metrics, health, logs, shutdown, and each
@@ -24,6 +26,7 @@
 
 mod airgap;
 mod api_edges;
+mod attest;
 mod client_auth;
 mod config_examples;
 mod deploy_examples;

@@ -32,6 +32,8 @@
 //!   [`Signer`] contributes (private).
 //! - [`referrers`]: [`push_referrer`], an OCI 1.1 artifact with a `subject` and the referrers
 //!   tag (`sha256-<hex>`) that lists it.
+//! - [`vsa`]: portcullis' verification summaries checked by other implementations: a key from
+//!   the OpenSSL CLI, bundles by sigstore-js (npm), DSSE envelopes by Python's `cryptography`.
 
 pub mod attestation;
 pub mod bundle;
@@ -52,6 +54,7 @@ mod signer;
 pub mod tlog;
 mod tools;
 pub mod tsa;
+pub mod vsa;
 
 pub use attestation::{attestation_bundle_v01, push_attestation, AttLayer};
 pub use bundle::{BundleBuilder, LogEntry, Signer, Tamper};
