@@ -35,6 +35,8 @@ pub struct App {
     pub flights: Arc<Flights>,
     /// Verdicts being decided: concurrent requests for one manifest share one decision.
     pub deciding: Arc<Coalesce<String, Arc<Verdict>>>,
+    /// Tags being resolved upstream, by `name\0tag key`: one revalidation or fetch at a time.
+    pub resolving: Arc<Coalesce<String, Resolved>>,
     /// Small evidence blobs being fetched: each distinct digest is fetched once at a time.
     pub fetching: Arc<Coalesce<portcullis_cache::Digest, bytes::Bytes>>,
     pub metrics: Metrics,
@@ -51,8 +53,16 @@ struct Caches {
     gated: Cache<String, ()>,
     referrers: Cache<String, HeldReferrers>,
     deciding: Arc<Coalesce<String, Arc<Verdict>>>,
+    resolving: Arc<Coalesce<String, Resolved>>,
     fetching: Arc<Coalesce<portcullis_cache::Digest, bytes::Bytes>>,
 }
+
+/// A tag resolved: the digest, its manifest, and how it was obtained.
+pub type Resolved = (
+    portcullis_cache::Digest,
+    portcullis_cache::Manifest,
+    crate::content::Obtained,
+);
 
 impl App {
     /// Opens the cache and builds the upstream clients.
@@ -79,6 +89,7 @@ impl App {
             gated: Cache::new(100_000),
             referrers: Cache::new(10_000),
             deciding: Arc::default(),
+            resolving: Arc::default(),
             fetching: Arc::default(),
         };
         App::assemble(config, store, caches, flights, metrics)
@@ -105,6 +116,7 @@ impl App {
                 gated: self.gated.clone(),
                 referrers: self.referrers.clone(),
                 deciding: Arc::clone(&self.deciding),
+                resolving: Arc::clone(&self.resolving),
                 fetching: Arc::clone(&self.fetching),
             },
             Arc::clone(&self.flights),
@@ -155,6 +167,7 @@ impl App {
             gated: caches.gated,
             referrers: caches.referrers,
             deciding: caches.deciding,
+            resolving: caches.resolving,
             fetching: caches.fetching,
             flights,
             metrics,

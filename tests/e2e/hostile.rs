@@ -342,7 +342,8 @@ async fn evidence_amplification_is_bounded() {
 
 /// The issue measured 5 manifest, 4 `.sig`, 20 referrers-tag and 29 blob GETs upstream for 20
 /// concurrent cold pulls of one signed image: every request decided the verdict itself. Now they
-/// share one decision, so the signature's tag and blobs are each fetched once.
+/// share one tag resolution and one decision, so the image's tag, the signature's tag and its
+/// blobs are each fetched once.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_cold_pulls_share_one_verdict() {
     let _one_at_a_time = exclusive();
@@ -400,6 +401,8 @@ async fn concurrent_cold_pulls_share_one_verdict() {
     assert!(statuses.iter().all(|s| *s == 200), "{report}");
     assert_eq!(sig_gets, 1, "{report}");
     assert_eq!(blob_gets, vec![1; n], "{report}");
+    // The tag too: one resolution for all twenty (registries rate-limit manifest GETs).
+    assert_eq!(by_tag, 1, "{report}");
 }
 
 // --- Hostile clients: raw sockets from chosen loopback addresses --------------------------------

@@ -44,7 +44,6 @@ pub async fn resolve_tag(
     accept: &Accept,
 ) -> Result<(Digest, Manifest, Obtained), ProxyError> {
     let key = accept.tag_key(tag);
-    let cache = &app.config.cache;
     if app.offline() {
         // The last verified mapping, whatever its age.
         let held = match app.store.tag(&target.name, &key)? {
@@ -57,8 +56,24 @@ pub async fn resolve_tag(
         let (d, m) = held.ok_or_else(|| offline_miss(&format!("{}:{tag}", target.name)))?;
         return Ok((d, m, Obtained::Hit));
     }
+    // Concurrent pulls of one tag share one revalidation or fetch: twenty cold clients make one
+    // upstream request (registries rate-limit manifest GETs), not twenty.
+    let flight = format!("{}\0{key}", target.name);
+    app.resolving
+        .run(flight, || resolve_online(app, target, tag, &key, accept))
+        .await
+}
+
+async fn resolve_online(
+    app: &App,
+    target: &Target,
+    tag: &str,
+    key: &str,
+    accept: &Accept,
+) -> Result<(Digest, Manifest, Obtained), ProxyError> {
+    let cache = &app.config.cache;
     let mut previous = None;
-    if let Some(rec) = app.store.tag(&target.name, &key)? {
+    if let Some(rec) = app.store.tag(&target.name, key)? {
         let age = Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms));
         let digest: Option<Digest> = rec.digest.parse().ok();
         let held = match &digest {
@@ -72,7 +87,7 @@ pub async fn resolve_tag(
             }
             match revalidate(target, tag, accept).await {
                 Ok(Some(now)) if now == d => {
-                    remember(app, target, &key, &d, &m.media_type)?;
+                    remember(app, target, key, &d, &m.media_type)?;
                     return Ok((d, m, Obtained::Hit));
                 }
                 Ok(_) => {} // moved, or no digest header: fetch below
@@ -90,7 +105,7 @@ pub async fn resolve_tag(
     if let Some(old) = previous.filter(|old| *old != digest) {
         moved(app, target, tag, &old, &digest);
     }
-    remember(app, target, &key, &digest, &m.media_type)?;
+    remember(app, target, key, &digest, &m.media_type)?;
     Ok((digest, m, Obtained::Miss))
 }
 
