@@ -125,6 +125,41 @@ mod tests {
         );
     }
 
+    /// A verdict with one rule of `mode` that passed, having required `attestations`
+    /// (predicate type, met).
+    fn verdict(mode: &str, attestations: &[(&str, bool)]) -> Verdict {
+        let attestations: Vec<Value> = attestations
+            .iter()
+            .map(|(t, ok)| json!({ "predicate_type": t, "satisfied": ok, "detail": "" }))
+            .collect();
+        serde_json::from_value(json!({
+            "name": "r.test/a", "digest": "sha256:00", "decision": "allow", "message": "",
+            "rules": [{ "rule": "r", "mode": mode, "passed": true, "threshold": 1,
+                        "authorities": [], "attestations": attestations }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn build_level_1_only_for_required_provenance_that_was_met() {
+        let l1 = ["SLSA_BUILD_LEVEL_1"];
+        let l0 = ["SLSA_BUILD_LEVEL_0"];
+        let v1 = "https://slsa.dev/provenance/v1";
+        assert_eq!(verified_levels(&verdict("enforce", &[(v1, true)])), l1);
+        assert_eq!(
+            verified_levels(&verdict(
+                "enforce",
+                &[("https://slsa.dev/provenance/v0.2", true)]
+            )),
+            l1
+        );
+        assert_eq!(verified_levels(&verdict("enforce", &[])), l0);
+        assert_eq!(verified_levels(&verdict("enforce", &[(v1, false)])), l0);
+        assert_eq!(verified_levels(&verdict("warn", &[(v1, true)])), l0);
+        let sbom = "https://spdx.dev/Document";
+        assert_eq!(verified_levels(&verdict("enforce", &[(sbom, true)])), l0);
+    }
+
     #[test]
     fn statements_name_the_digest_the_policy_and_the_inputs() {
         let digest = Digest::of(b"image");
