@@ -20,6 +20,27 @@ use crate::statement::{Statement, COSIGN_SIGN};
 use crate::trust::TrustStore;
 use crate::Evidence;
 
+/// A `[[rule.authority]]` that cannot be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("authority pinned {0:?} is not a [[trust.pins]]")]
+    UnknownPins(String),
+    #[error("authority key {0:?} is not a [[trust.key]]")]
+    UnknownKey(String),
+    #[error("keyless root {0:?} is not a [[trust.root]]")]
+    UnknownRoot(String),
+    #[error("unknown certificate claim {0:?}; known: {known}", known = crate::claims::NAMES.join(", "))]
+    UnknownClaim(String),
+    #[error("bad regex: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("a keyless authority needs issuer or issuer_regex")]
+    NoIssuer,
+    #[error("a keyless authority needs subject or subject_regex")]
+    NoSubject,
+    #[error("an authority is exactly one of key = \"…\", keyless = {{ … }} or pinned = \"…\"")]
+    Kind,
+}
+
 pub(crate) enum Kind {
     Key(String),
     /// A `[[trust.pins]]` set: vouches for the digests it lists under this exact name.
@@ -90,64 +111,52 @@ impl Authority {
         cfg: &AuthorityConfig,
         nth: usize,
         trust: &TrustStore,
-    ) -> Result<Authority, String> {
-        let kind =
-            match (&cfg.key, &cfg.keyless, &cfg.pinned) {
-                (None, None, Some(set)) => {
-                    if !trust.pins.contains_key(set) {
-                        return Err(format!("authority pinned {set:?} is not a [[trust.pins]]"));
-                    }
-                    Kind::Pinned(set.clone())
+    ) -> Result<Authority, AuthorityError> {
+        let kind = match (&cfg.key, &cfg.keyless, &cfg.pinned) {
+            (None, None, Some(set)) => {
+                if !trust.pins.contains_key(set) {
+                    return Err(AuthorityError::UnknownPins(set.clone()));
                 }
-                (Some(key), None, None) => {
-                    if !trust.keys.contains_key(key) {
-                        return Err(format!("authority key {key:?} is not a [[trust.key]]"));
-                    }
-                    Kind::Key(key.clone())
+                Kind::Pinned(set.clone())
+            }
+            (Some(key), None, None) => {
+                if !trust.keys.contains_key(key) {
+                    return Err(AuthorityError::UnknownKey(key.clone()));
                 }
-                (None, Some(k), None) => {
-                    if !trust.roots.contains_key(&k.root) {
-                        return Err(format!("keyless root {:?} is not a [[trust.root]]", k.root));
-                    }
-                    if let Some(bad) = k
-                        .claims
-                        .keys()
-                        .find(|c| !crate::claims::NAMES.contains(&c.as_str()))
-                    {
-                        return Err(format!(
-                            "unknown certificate claim {bad:?}; known: {}",
-                            crate::claims::NAMES.join(", ")
-                        ));
-                    }
-                    let re = |r: &Option<String>| {
-                        r.as_deref()
-                            .map(Regex::new)
-                            .transpose()
-                            .map_err(|e| format!("bad regex: {e}"))
-                    };
-                    let matcher = IdentityMatcher {
-                        issuer: k.issuer.clone(),
-                        issuer_regex: re(&k.issuer_regex)?,
-                        subject: k.subject.clone(),
-                        subject_regex: re(&k.subject_regex)?,
-                        claims: k.claims.clone(),
-                    };
-                    if matcher.issuer.is_none() && matcher.issuer_regex.is_none() {
-                        return Err("a keyless authority needs issuer or issuer_regex".into());
-                    }
-                    if matcher.subject.is_none() && matcher.subject_regex.is_none() {
-                        return Err("a keyless authority needs subject or subject_regex".into());
-                    }
-                    Kind::Keyless {
-                        root: k.root.clone(),
-                        matcher,
-                    }
+                Kind::Key(key.clone())
+            }
+            (None, Some(k), None) => {
+                if !trust.roots.contains_key(&k.root) {
+                    return Err(AuthorityError::UnknownRoot(k.root.clone()));
                 }
-                _ => return Err(
-                    "an authority is exactly one of key = \"…\", keyless = { … } or pinned = \"…\""
-                        .into(),
-                ),
-            };
+                if let Some(bad) = k
+                    .claims
+                    .keys()
+                    .find(|c| !crate::claims::NAMES.contains(&c.as_str()))
+                {
+                    return Err(AuthorityError::UnknownClaim(bad.clone()));
+                }
+                let re = |r: &Option<String>| r.as_deref().map(Regex::new).transpose();
+                let matcher = IdentityMatcher {
+                    issuer: k.issuer.clone(),
+                    issuer_regex: re(&k.issuer_regex)?,
+                    subject: k.subject.clone(),
+                    subject_regex: re(&k.subject_regex)?,
+                    claims: k.claims.clone(),
+                };
+                if matcher.issuer.is_none() && matcher.issuer_regex.is_none() {
+                    return Err(AuthorityError::NoIssuer);
+                }
+                if matcher.subject.is_none() && matcher.subject_regex.is_none() {
+                    return Err(AuthorityError::NoSubject);
+                }
+                Kind::Keyless {
+                    root: k.root.clone(),
+                    matcher,
+                }
+            }
+            _ => return Err(AuthorityError::Kind),
+        };
         let name = cfg.name.clone().unwrap_or_else(|| match &kind {
             Kind::Key(k) | Kind::Pinned(k) => k.clone(),
             Kind::Keyless { .. } => format!("keyless-{nth}"),

@@ -32,6 +32,17 @@ pub enum Content {
     Statement(Arc<Statement>),
 }
 
+/// A `trusted_root.json` the bundle verifier cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustedRootError {
+    #[error("trusted_root.json is not UTF-8: {0}")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    #[error(transparent)]
+    Parse(sigstore_verify::trust_root::Error),
+    #[error(transparent)]
+    Verifier(sigstore_verify::Error),
+}
+
 /// A trusted root's bundle verifier.
 pub struct RootVerifier {
     verifier: Verifier,
@@ -41,11 +52,10 @@ pub struct RootVerifier {
 }
 
 impl RootVerifier {
-    pub fn new(trusted_root_json: &[u8]) -> Result<RootVerifier, String> {
-        let text = std::str::from_utf8(trusted_root_json)
-            .map_err(|_| "trusted_root.json is not UTF-8".to_owned())?;
-        let root = TrustedRoot::from_json(text).map_err(|e| e.to_string())?;
-        let verifier = Verifier::new(&root).map_err(|e| e.to_string())?;
+    pub fn new(trusted_root_json: &[u8]) -> Result<RootVerifier, TrustedRootError> {
+        let text = std::str::from_utf8(trusted_root_json).map_err(TrustedRootError::NotUtf8)?;
+        let root = TrustedRoot::from_json(text).map_err(TrustedRootError::Parse)?;
+        let verifier = Verifier::new(&root).map_err(TrustedRootError::Verifier)?;
         Ok(RootVerifier {
             sct: !root.ctlogs.is_empty(),
             verifier,

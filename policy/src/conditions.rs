@@ -7,6 +7,15 @@ use cel::{Context, Program, Value};
 
 use crate::statement::Statement;
 
+/// A condition that is not CEL.
+#[derive(Debug, thiserror::Error)]
+#[error("condition {expression:?} is not valid CEL: {source}")]
+pub struct ConditionError {
+    pub expression: String,
+    #[source]
+    pub source: cel::ParseErrors,
+}
+
 /// A compiled condition, with its source for messages.
 pub struct Condition {
     source: String,
@@ -14,16 +23,18 @@ pub struct Condition {
 }
 
 impl Condition {
-    pub fn compile(source: &str) -> Result<Condition, String> {
-        let program = Program::compile(source)
-            .map_err(|e| format!("condition {source:?} is not valid CEL: {e}"))?;
+    pub fn compile(source: &str) -> Result<Condition, ConditionError> {
+        let program = Program::compile(source).map_err(|e| ConditionError {
+            expression: source.to_owned(),
+            source: e,
+        })?;
         Ok(Condition {
             source: source.to_owned(),
             program,
         })
     }
 
-    /// Whether `statement` satisfies the condition; `Err` says why not.
+    /// Whether `statement` satisfies the condition; `Err` says why not, for the verdict.
     pub fn check(&self, statement: &Statement) -> Result<(), String> {
         let mut ctx = Context::default();
         let bind = |e: cel::SerializationError| {

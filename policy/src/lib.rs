@@ -42,33 +42,46 @@ mod trust;
 use sha2::{Digest as _, Sha256};
 
 pub use attestation::AttestationLayer;
+pub use authority::AuthorityError;
 pub use bundle::MEDIA_TYPE_PREFIX as BUNDLE_MEDIA_TYPE_PREFIX;
+pub use conditions::ConditionError;
 pub use config::{
     AttestationConfig, AuthorityConfig, KeyConfig, KeylessConfig, Mode, PinsConfig, RootConfig,
     RuleConfig, TrustConfig,
 };
-pub use names::{compile_globs, DefaultAction, NameDecision, NamePolicy, NamePolicyConfig};
-pub use pins::PinSet;
+pub use names::{
+    compile_globs, DefaultAction, GlobError, NameDecision, NamePolicy, NamePolicyConfig,
+};
+pub use pins::{PinSet, PinsError};
 pub use rules::{
-    AttestationResult, AuthorityResult, Decision, FoundAttestation, Rule, RuleResult, Verdict,
+    AttestationResult, AuthorityResult, Decision, FoundAttestation, Rule, RuleError, RuleResult,
+    Verdict,
 };
 pub use signature::SignatureLayer;
 pub use statement::Provenance;
-pub use trust::{TrustStore, BUILTIN_PUBLIC_GOOD};
+pub use trust::{RootError, TrustError, TrustStore, BUILTIN_PUBLIC_GOOD};
 
-/// A configuration the policy cannot be built from.
+/// A configuration the policy cannot be built from: which part, and its cause as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy glob {glob:?}: {source}")]
-    Glob {
-        glob: String,
+    /// `[policy] allow` or `deny`.
+    #[error("[policy]: {0}")]
+    Names(#[source] GlobError),
+    /// Boxed: trust errors carry paths and the sigstore crate's large errors.
+    #[error(transparent)]
+    Trust(Box<TrustError>),
+    #[error("[[rule]] {rule:?}: {source}")]
+    Rule {
+        rule: String,
         #[source]
-        source: globset::Error,
+        source: RuleError,
     },
-    #[error("{0}")]
-    Trust(String),
-    #[error("{0}")]
-    Rule(String),
+}
+
+impl From<TrustError> for PolicyError {
+    fn from(e: TrustError) -> Self {
+        PolicyError::Trust(Box::new(e))
+    }
 }
 
 /// The whole policy: names, rules, trust, and the fingerprint verdicts are cached under.
@@ -85,11 +98,16 @@ impl Policy {
         trust: &TrustConfig,
         rules: &[RuleConfig],
     ) -> Result<Policy, PolicyError> {
-        let names_policy = NamePolicy::new(names)?;
+        let names_policy = NamePolicy::new(names).map_err(PolicyError::Names)?;
         let store = TrustStore::load(trust)?;
         let compiled = rules
             .iter()
-            .map(|r| Rule::compile(r, &store))
+            .map(|r| {
+                Rule::compile(r, &store).map_err(|source| PolicyError::Rule {
+                    rule: r.name.clone(),
+                    source,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut hash = Sha256::new();
         hash.update(serde_json::to_vec(&(names, rules)).expect("policy serialises"));

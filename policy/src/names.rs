@@ -3,7 +3,14 @@
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::PolicyError;
+/// A glob that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("policy glob {glob:?}: {source}")]
+pub struct GlobError {
+    pub glob: String,
+    #[source]
+    pub source: globset::Error,
+}
 
 /// What happens to an allowed name that no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -51,7 +58,7 @@ pub enum NameDecision {
 
 impl NamePolicy {
     /// Compiles the globs: `*` matches within one path segment, `**` across segments.
-    pub fn new(cfg: &NamePolicyConfig) -> Result<NamePolicy, PolicyError> {
+    pub fn new(cfg: &NamePolicyConfig) -> Result<NamePolicy, GlobError> {
         let allow = match &cfg.allow {
             Some(globs) => Some((compile_globs(globs)?, globs.clone())),
             None => None,
@@ -88,22 +95,22 @@ impl NamePolicy {
 }
 
 /// Compiles globs: `*` matches within one path segment, `**` across segments.
-pub fn compile_globs(globs: &[String]) -> Result<GlobSet, PolicyError> {
+pub fn compile_globs(globs: &[String]) -> Result<GlobSet, GlobError> {
     let mut set = GlobSetBuilder::new();
     for g in globs {
         set.add(glob(g)?);
     }
-    set.build().map_err(|source| PolicyError::Glob {
+    set.build().map_err(|source| GlobError {
         glob: globs.join(", "),
         source,
     })
 }
 
-fn glob(g: &str) -> Result<Glob, PolicyError> {
+fn glob(g: &str) -> Result<Glob, GlobError> {
     GlobBuilder::new(g)
         .literal_separator(true)
         .build()
-        .map_err(|source| PolicyError::Glob {
+        .map_err(|source| GlobError {
             glob: g.to_owned(),
             source,
         })

@@ -10,10 +10,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::PolicyError;
-
 /// A pins file larger than this is refused: a pins file is written by people.
 const MAX_PINS_FILE: u64 = 4 << 20;
+
+/// A pins file that cannot be read as one (the trust error names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum PinsError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("larger than {MAX_PINS_FILE} bytes")]
+    TooLarge,
+    #[error("not UTF-8: {0}")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    #[error("not a pins file (\"registry/repository\" = [\"sha256:…\"]): {0}")]
+    Toml(#[source] Box<toml::de::Error>),
+    #[error("{0:?} is not a registry/repository name (e.g. \"docker.io/library/alpine\", no tag or digest)")]
+    Name(String),
+    #[error("{name:?}: {digest:?} is not a sha256 digest (sha256: and 64 lowercase hex digits)")]
+    Digest { name: String, digest: String },
+}
 
 /// One set of pins: digests by image name.
 #[derive(Debug, Clone, Default)]
@@ -24,31 +39,31 @@ pub struct PinSet {
 impl PinSet {
     /// Reads the pins file at `path`; `Ok(None)` when there is none yet. The bytes are returned
     /// too: they are part of the policy's fingerprint.
-    pub fn load(path: &Path, ctx: &str) -> Result<Option<(PinSet, Vec<u8>)>, PolicyError> {
-        let bad = |m: String| PolicyError::Trust(format!("{ctx}: {}: {m}", path.display()));
+    pub fn load(path: &Path) -> Result<Option<(PinSet, Vec<u8>)>, PinsError> {
         let bytes = match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(bad(format!("cannot read: {e}"))),
-            Ok(m) if m.len() > MAX_PINS_FILE => {
-                return Err(bad(format!("larger than {MAX_PINS_FILE} bytes")))
-            }
-            Ok(_) => std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?,
+            Err(e) => return Err(PinsError::Read(e)),
+            Ok(m) if m.len() > MAX_PINS_FILE => return Err(PinsError::TooLarge),
+            Ok(_) => std::fs::read(path).map_err(PinsError::Read)?,
         };
-        let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8".into()))?;
-        Ok(Some((PinSet::parse(text).map_err(bad)?, bytes)))
+        let text = std::str::from_utf8(&bytes).map_err(PinsError::NotUtf8)?;
+        Ok(Some((PinSet::parse(text)?, bytes)))
     }
 
     /// Parses the text of a pins file.
-    pub fn parse(text: &str) -> Result<PinSet, String> {
-        let table: BTreeMap<String, Vec<String>> = toml::from_str(text).map_err(|e| {
-            format!("not a pins file (\"registry/repository\" = [\"sha256:…\"]): {e}")
-        })?;
+    pub fn parse(text: &str) -> Result<PinSet, PinsError> {
+        let table: BTreeMap<String, Vec<String>> =
+            toml::from_str(text).map_err(|e| PinsError::Toml(Box::new(e)))?;
         let mut by_name = BTreeMap::new();
         for (name, digests) in table {
-            check_name(&name)?;
+            if !is_name(&name) {
+                return Err(PinsError::Name(name));
+            }
             let mut set = BTreeSet::new();
             for d in digests {
-                check_digest(&d).map_err(|e| format!("{name:?}: {e}"))?;
+                if !is_digest(&d) {
+                    return Err(PinsError::Digest { name, digest: d });
+                }
                 set.insert(d);
             }
             by_name.insert(name, set);
@@ -72,7 +87,7 @@ impl PinSet {
 /// A normalised `registry/repository`: what the proxy matches rules against. A pin on a name
 /// that can never match (a tag or digest in it, upper case, no registry) is a mistake to report,
 /// not a pin to ignore.
-fn check_name(name: &str) -> Result<(), String> {
+fn is_name(name: &str) -> bool {
     let segment = |seg: &str| {
         !seg.is_empty()
             && seg
@@ -83,33 +98,19 @@ fn check_name(name: &str) -> Result<(), String> {
         let (h, port) = host.split_once(':').unwrap_or((host, "0"));
         segment(h) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
     };
-    let ok = match name.split_once('/') {
+    match name.split_once('/') {
         Some((host, repo)) => registry(host) && repo.split('/').all(segment),
         None => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a registry/repository name (e.g. \"docker.io/library/alpine\", no tag or digest)"
-        ))
     }
 }
 
-fn check_digest(d: &str) -> Result<(), String> {
-    match d.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{d:?} is not a sha256 digest (sha256: and 64 lowercase hex digits)"
-        )),
-    }
+fn is_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -149,7 +150,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_no_pins() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(PinSet::load(&dir.path().join("none.toml"), "t")
+        assert!(PinSet::load(&dir.path().join("none.toml"))
             .unwrap()
             .is_none());
     }

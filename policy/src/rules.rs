@@ -7,13 +7,15 @@
 use globset::GlobSet;
 use serde::{Deserialize, Serialize};
 
+use crate::authority::AuthorityError;
 use crate::authority::{Authority, Findings, Items};
 use crate::conditions::Condition;
+use crate::conditions::ConditionError;
 use crate::config::{Mode, RuleConfig};
+use crate::names::GlobError;
 use crate::names::{compile_globs, DefaultAction};
 use crate::statement::Provenance;
 use crate::trust::TrustStore;
-use crate::PolicyError;
 
 /// A compiled `[[rule]]`.
 pub struct Rule {
@@ -140,38 +142,62 @@ pub struct AuthorityResult {
     pub detail: String,
 }
 
+/// A `[[rule]]` that cannot be compiled (the policy error names the rule).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("images is empty")]
+    NoImages,
+    #[error("has no [[rule.authority]]")]
+    NoAuthority,
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    #[error("two authorities are named {0:?}")]
+    DuplicateAuthority(String),
+    #[error(
+        "[[rule.attestation]] names authority {name:?}; this rule's authorities are {known:?}"
+    )]
+    UnknownAuthority { name: String, known: Vec<String> },
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+    #[error("threshold {threshold} must be between 1 and the {authorities} authorities")]
+    Threshold {
+        threshold: usize,
+        authorities: usize,
+    },
+    #[error("images: {0}")]
+    Images(#[source] GlobError),
+}
+
 impl Rule {
-    pub fn compile(cfg: &RuleConfig, trust: &TrustStore) -> Result<Rule, PolicyError> {
-        let ctx = format!("[[rule]] {:?}", cfg.name);
-        let bad = |m: String| PolicyError::Rule(format!("{ctx}: {m}"));
+    pub fn compile(cfg: &RuleConfig, trust: &TrustStore) -> Result<Rule, RuleError> {
         if cfg.images.is_empty() {
-            return Err(bad("images is empty".into()));
+            return Err(RuleError::NoImages);
         }
         if cfg.authorities.is_empty() {
-            return Err(bad("has no [[rule.authority]]".into()));
+            return Err(RuleError::NoAuthority);
         }
         let authorities = cfg
             .authorities
             .iter()
             .enumerate()
-            .map(|(i, a)| Authority::compile(a, i + 1, trust).map_err(&bad))
+            .map(|(i, a)| Authority::compile(a, i + 1, trust))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, a) in authorities.iter().enumerate() {
             if authorities[..i].iter().any(|b| b.name == a.name) {
-                return Err(bad(format!("two authorities are named {:?}", a.name)));
+                return Err(RuleError::DuplicateAuthority(a.name.clone()));
             }
         }
         let attestations = cfg
             .attestations
             .iter()
-            .map(|a| Requirement::compile(a, &authorities).map_err(&bad))
+            .map(|a| Requirement::compile(a, &authorities))
             .collect::<Result<Vec<_>, _>>()?;
         let threshold = cfg.threshold.unwrap_or(1);
         if threshold == 0 || threshold > authorities.len() {
-            return Err(bad(format!(
-                "threshold {threshold} must be between 1 and the {} authorities",
-                authorities.len()
-            )));
+            return Err(RuleError::Threshold {
+                threshold,
+                authorities: authorities.len(),
+            });
         }
         Ok(Rule {
             name: cfg.name.clone(),
@@ -179,7 +205,7 @@ impl Rule {
             threshold,
             verify_base: cfg.verify_base,
             immutable_tags: cfg.immutable_tags,
-            images: compile_globs(&cfg.images)?,
+            images: compile_globs(&cfg.images).map_err(RuleError::Images)?,
             authorities,
             attestations,
         })
@@ -259,14 +285,14 @@ impl Requirement {
     fn compile(
         cfg: &crate::config::AttestationConfig,
         authorities: &[Authority],
-    ) -> Result<Requirement, String> {
+    ) -> Result<Requirement, RuleError> {
         let by_name = |n: &String| {
             authorities
                 .iter()
                 .position(|a| &a.name == n)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = authorities.iter().map(|a| a.name.as_str()).collect();
-                    format!("[[rule.attestation]] names authority {n:?}; this rule's authorities are {known:?}")
+                .ok_or_else(|| RuleError::UnknownAuthority {
+                    name: n.clone(),
+                    known: authorities.iter().map(|a| a.name.clone()).collect(),
                 })
         };
         let indexes = if cfg.authorities.is_empty() {

@@ -365,10 +365,7 @@ impl Config {
 
     /// Builds the policy: globs, rules and trust material (read from their files now).
     pub fn policy_engine(&self) -> Result<Policy, String> {
-        Policy::new(&self.policy, &self.trust, &self.rules).map_err(|e| match e {
-            portcullis_policy::PolicyError::Glob { .. } => format!("[policy]: {e}"),
-            e => e.to_string(),
-        })
+        Policy::new(&self.policy, &self.trust, &self.rules).map_err(|e| e.to_string())
     }
 }
 
