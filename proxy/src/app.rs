@@ -1,19 +1,41 @@
 //! The shared state of a running proxy, and how a new configuration replaces it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use moka::sync::Cache;
 use portcullis_cache::{Store, StoreConfig};
-use portcullis_policy::{Policy, Verdict};
+use portcullis_policy::{Policy, PolicyError, Verdict};
 
-use crate::auth::Authenticator;
+use crate::attest::AttestError;
+use crate::auth::{AuthError, Authenticator};
 use crate::coalesce::Coalesce;
 use crate::config::Config;
 use crate::content::referrers::HeldReferrers;
 use crate::fetch::Flights;
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamSetupError};
+
+/// An [`App`] that cannot be built from a configuration: the cache cannot be opened, or a part
+/// of the configuration cannot be loaded now (files it names are read at this point).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the cache in {}: {source}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        #[source]
+        source: portcullis_cache::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Attest(#[from] AttestError),
+}
 
 /// Everything a request needs. What comes from the configuration (upstreams, policy) is rebuilt
 /// on reload; the cache, running fetches, verdicts and metrics carry over.
@@ -66,17 +88,15 @@ pub type Resolved = (
 
 impl App {
     /// Opens the cache and builds the upstream clients.
-    pub fn new(config: Config) -> Result<App, String> {
+    pub fn new(config: Config) -> Result<App, AppError> {
         let store = Store::open(&StoreConfig {
             dir: config.cache.dir.clone(),
             max_size: config.cache.max_size.as_u64(),
             hot_bytes: config.cache.memory.as_u64(),
         })
-        .map_err(|e| {
-            format!(
-                "cannot open the cache in {}: {e}",
-                config.cache.dir.display()
-            )
+        .map_err(|source| AppError::Cache {
+            dir: config.cache.dir.clone(),
+            source,
         })?;
         let metrics = Metrics::new();
         let flights = Arc::new(Flights::new(metrics.clone()));
@@ -97,7 +117,7 @@ impl App {
 
     /// The same cache, fetches and metrics under a new configuration. `listen` and `[cache]`
     /// changes take a restart; everything else applies to the next request.
-    pub fn reload(&self, config: Config) -> Result<App, String> {
+    pub fn reload(&self, config: Config) -> Result<App, AppError> {
         if config.cache.dir != self.config.cache.dir {
             tracing::warn!("[cache] dir changed: takes effect on restart");
         }
@@ -130,7 +150,7 @@ impl App {
         caches: Caches,
         flights: Arc<Flights>,
         metrics: Metrics,
-    ) -> Result<App, String> {
+    ) -> Result<App, AppError> {
         let offline = config.server.offline;
         let upstreams = config
             .upstreams

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,28 @@ pub struct GrantConfig {
     pub images: Vec<String>,
 }
 
+/// An `[auth]` section that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("[auth] users_file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("[auth] users_file {}, line {line}: expected name:hash", path.display())]
+    Line { path: PathBuf, line: usize },
+    #[error("[auth] users_file {}, line {line}: expected name:hash: {source}", path.display())]
+    Hash {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: argon2::password_hash::Error,
+    },
+    #[error("[[auth.grant]]: {0}")]
+    Grant(#[source] portcullis_policy::GlobError),
+}
+
 enum Secret {
     Argon2(String),
     Sha256([u8; 32]),
@@ -93,22 +115,32 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn load(cfg: &AuthConfig) -> Result<Authenticator, String> {
-        let ctx = format!("[auth] users_file {}", cfg.users_file.display());
-        let text = std::fs::read_to_string(&cfg.users_file).map_err(|e| format!("{ctx}: {e}"))?;
+    pub fn load(cfg: &AuthConfig) -> Result<Authenticator, AuthError> {
+        let path: &Path = &cfg.users_file;
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut users = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = || format!("{ctx}, line {}: expected name:hash", n + 1);
+            let bad = || AuthError::Line {
+                path: path.to_owned(),
+                line: n + 1,
+            };
             let (name, hash) = line.split_once(':').ok_or_else(bad)?;
             let secret = if let Some(hex) = hash.strip_prefix("sha256:") {
                 let bytes = hex::decode(hex).map_err(|_| bad())?;
                 Secret::Sha256(bytes.try_into().map_err(|_| bad())?)
             } else {
-                PasswordHash::new(hash).map_err(|e| format!("{}: {e}", bad()))?;
+                PasswordHash::new(hash).map_err(|source| AuthError::Hash {
+                    path: path.to_owned(),
+                    line: n + 1,
+                    source,
+                })?;
                 Secret::Argon2(hash.to_owned())
             };
             users.insert(name.to_owned(), secret);
@@ -119,7 +151,7 @@ impl Authenticator {
             .map(|g| {
                 portcullis_policy::compile_globs(&g.images)
                     .map(|set| (g.users.clone(), set))
-                    .map_err(|e| format!("[[auth.grant]]: {e}"))
+                    .map_err(AuthError::Grant)
             })
             .collect::<Result<_, _>>()?;
         Ok(Authenticator {
@@ -241,11 +273,10 @@ impl Authenticator {
 }
 
 /// An argon2id PHC string for `secret`, for the users file.
-pub fn hash_secret(secret: &str) -> Result<String, String> {
+pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
 }

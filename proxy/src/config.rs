@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use portcullis_policy::{NamePolicyConfig, Policy, RuleConfig, TrustConfig, BUILTIN_PUBLIC_GOOD};
+use portcullis_policy::{
+    NamePolicyConfig, Policy, PolicyError, RuleConfig, TrustConfig, BUILTIN_PUBLIC_GOOD,
+};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -194,14 +196,35 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Boxed: toml's error is large, and a configuration error travels up every command.
     #[error("{origin}: {source}")]
     Parse {
         origin: String,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
-    #[error("{origin}: {message}")]
-    Invalid { origin: String, message: String },
+    #[error("{origin}: {source}")]
+    Invalid {
+        origin: String,
+        #[source]
+        source: Invalid,
+    },
+}
+
+/// Why a configuration that parsed cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// Fields that contradict each other, or a value out of range: the reason says which.
+    #[error("{0}")]
+    Fields(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Attest(#[from] crate::attest::AttestError),
 }
 
 /// A size as its exact number of bytes: `ByteSize`'s own `Serialize` writes a rounded decimal
@@ -282,7 +305,7 @@ impl Config {
     fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             origin: origin.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         for key in &mut config.trust.keys {
             key.path = base.join(&key.path);
@@ -314,44 +337,48 @@ impl Config {
                 root.trusted_root = base.join(&root.trusted_root);
             }
         }
-        config.validate().map_err(|message| ConfigError::Invalid {
+        config.validate().map_err(|source| ConfigError::Invalid {
             origin: origin.to_owned(),
-            message,
+            source,
         })?;
         Ok(config)
     }
 
     /// Checks what serde cannot: cross-field rules, globs, files named.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
+        let fields = |why: &str| Err(Invalid::Fields(why.to_owned()));
         let mut names = HashSet::new();
         for up in &self.upstreams {
-            up.validate()?;
+            up.validate().map_err(Invalid::Fields)?;
             if !names.insert(up.name.as_str()) {
-                return Err(format!("[[upstream]] name {:?} appears twice", up.name));
+                return Err(Invalid::Fields(format!(
+                    "[[upstream]] name {:?} appears twice",
+                    up.name
+                )));
             }
         }
         if self.upstreams.iter().filter(|u| u.default).count() > 1 {
-            return Err("more than one [[upstream]] has default = true".into());
+            return fields("more than one [[upstream]] has default = true");
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
-            return Err("[server] tls_cert and tls_key go together".into());
+            return fields("[server] tls_cert and tls_key go together");
         }
         if self.server.max_connections == 0 || self.server.max_connections_per_peer == 0 {
-            return Err(
-                "[server] max_connections and max_connections_per_peer must be at least 1".into(),
+            return fields(
+                "[server] max_connections and max_connections_per_peer must be at least 1",
             );
         }
         if self.server.max_header_size.as_u64() < 8192 {
-            return Err("[server] max_header_size must be at least 8KiB".into());
+            return fields("[server] max_header_size must be at least 8KiB");
         }
         if self.server.client_ca.is_some() && self.server.tls_cert.is_none() {
-            return Err("[server] client_ca needs tls_cert and tls_key".into());
+            return fields("[server] client_ca needs tls_cert and tls_key");
         }
         if self.server.tls_cert.is_some() {
             crate::tls::server_config(&self.server)?;
         }
         if self.cache.max_size.as_u64() == 0 {
-            return Err("[cache] max_size must be larger than 0".into());
+            return fields("[cache] max_size must be larger than 0");
         }
         self.policy_engine()?;
         if let Some(auth) = &self.auth {
@@ -364,18 +391,18 @@ impl Config {
     }
 
     /// Builds the policy: globs, rules and trust material (read from their files now).
-    pub fn policy_engine(&self) -> Result<Policy, String> {
-        Policy::new(&self.policy, &self.trust, &self.rules).map_err(|e| e.to_string())
+    pub fn policy_engine(&self) -> Result<Policy, PolicyError> {
+        Policy::new(&self.policy, &self.trust, &self.rules)
     }
 }
 
 impl UpstreamConfig {
     /// Stands in for a registry an offline mirror holds content of but has no `[[upstream]]`
     /// for: it names the cache namespace and is never contacted.
-    pub fn offline_placeholder(name: &str) -> Result<UpstreamConfig, String> {
+    pub fn offline_placeholder(name: &str) -> Result<UpstreamConfig, url::ParseError> {
         Ok(UpstreamConfig {
             name: name.to_owned(),
-            url: Url::parse(&format!("https://{name}")).map_err(|e| format!("{name}: {e}"))?,
+            url: Url::parse(&format!("https://{name}"))?,
             default: false,
             username_env: None,
             username_file: None,
@@ -388,6 +415,7 @@ impl UpstreamConfig {
         })
     }
 
+    /// The checks of one `[[upstream]]`: a reason naming it, if it cannot be used.
     fn validate(&self) -> Result<(), String> {
         let ctx = format!("[[upstream]] {:?}", self.name);
         let host_ok = !self.name.is_empty()

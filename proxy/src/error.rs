@@ -2,6 +2,11 @@
 //!
 //! Every handler returns [`ProxyError`]; [`ProxyError::into_response`] picks the status and the
 //! OCI code. What went wrong internally is logged, never sent.
+//!
+//! Below the handlers, each layer has its own error enum that keeps its cause as a `source`
+//! (`AppError`, `ConfigError`, `AirgapError`, `UpstreamSetupError`, …; see
+//! `docs/decisions/0009-one-pipeline-gate-and-content.md`). [`Report`] prints one with its whole
+//! chain.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -149,6 +154,28 @@ impl ProxyError {
     }
 }
 
+/// An error and its chain of causes, for a log line or the command line: each `source()` that
+/// says something its predecessors did not is appended after `": "`. Errors here name their
+/// cause in their own message (so that a plain `{e}` loses nothing), and foreign ones (hyper's,
+/// rustls') often do not: either way, everything is said once.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = self.0.to_string();
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !text.is_empty() && !said.contains(&text) {
+                said.push_str(": ");
+                said.push_str(&text);
+            }
+            next = e.source();
+        }
+        f.write_str(&said)
+    }
+}
+
 impl From<portcullis_cache::Error> for ProxyError {
     /// A store that cannot read or write (a full disk, a RocksDB error) is a `503`: the request
     /// may succeed later, and nothing partial was kept. A corrupt record is a bug: `500`.
@@ -163,5 +190,35 @@ impl From<portcullis_cache::Error> for ProxyError {
             }
             Error::Corrupt(_) => ProxyError::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {source}")]
+    struct Says {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Hides {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_report_says_every_cause_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(
+            Report(&Says { source: io() }).to_string(),
+            "outer: disk on fire"
+        );
+        assert_eq!(
+            Report(&Hides { source: io() }).to_string(),
+            "outer: disk on fire"
+        );
     }
 }

@@ -1,11 +1,17 @@
 //! The `portcullis` binary: parse the command line, load the config, run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use portcullis::config::LogFormat;
+use portcullis::app::AppError;
+use portcullis::config::{ConfigError, LogFormat};
+use portcullis::error::Report;
+use portcullis::pin::PinError;
+use portcullis::tls::TlsError;
+use portcullis::verify::VerifyError;
 use portcullis::{App, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -98,6 +104,39 @@ enum Command {
     },
 }
 
+/// Why a command failed (exit 2), printed with its chain of causes.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Command(String),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("cannot read the secret from standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("cannot hash the secret: {0}")]
+    Hash(#[source] argon2::password_hash::Error),
+    /// `what` is empty for the registry port, ` for metrics` for the metrics one.
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
 #[derive(Subcommand)]
 enum CacheAction {
     /// List held tags: name:tag, digest, bytes, verdict, last access.
@@ -133,11 +172,13 @@ fn main() -> ExitCode {
         }),
         Command::Import { path, config, name } => {
             return run_app(config.as_deref(), |app, rt| {
-                let lines = rt.block_on(portcullis::airgap::import::import(
-                    &app,
-                    &path,
-                    name.as_deref(),
-                ))?;
+                let lines = rt
+                    .block_on(portcullis::airgap::import::import(
+                        &app,
+                        &path,
+                        name.as_deref(),
+                    ))
+                    .map_err(Failure::Command)?;
                 for l in &lines {
                     println!("{l}");
                 }
@@ -150,7 +191,9 @@ fn main() -> ExitCode {
             config,
         } => {
             return run_app(config.as_deref(), |app, _| {
-                for r in portcullis::airgap::export::export(&app, &images, &output)? {
+                for r in portcullis::airgap::export::export(&app, &images, &output)
+                    .map_err(Failure::Command)?
+                {
                     println!("exported {r}");
                 }
                 Ok(true)
@@ -158,7 +201,9 @@ fn main() -> ExitCode {
         }
         Command::Mirror { config, output } => {
             return run_app(Some(&config), |app, rt| {
-                let (lines, ok) = rt.block_on(portcullis::airgap::mirror::mirror(&app, &output))?;
+                let (lines, ok) = rt
+                    .block_on(portcullis::airgap::mirror::mirror(&app, &output))
+                    .map_err(Failure::Command)?;
                 for l in lines {
                     println!("{l}");
                 }
@@ -172,9 +217,12 @@ fn main() -> ExitCode {
             };
             return run_app(config.as_deref(), |app, _| {
                 if gc {
-                    println!("{}", portcullis::airgap::admin::gc(&app)?);
+                    println!(
+                        "{}",
+                        portcullis::airgap::admin::gc(&app).map_err(Failure::Command)?
+                    );
                 } else {
-                    for l in portcullis::airgap::admin::ls(&app)? {
+                    for l in portcullis::airgap::admin::ls(&app).map_err(Failure::Command)? {
                         println!("{l}");
                     }
                 }
@@ -197,8 +245,11 @@ fn main() -> ExitCode {
             let mut secret = String::new();
             std::io::stdin()
                 .read_line(&mut secret)
-                .map_err(|e| e.to_string())
-                .and_then(|_| portcullis::auth::hash_secret(secret.trim_end_matches(['\r', '\n'])))
+                .map_err(Failure::Stdin)
+                .and_then(|_| {
+                    portcullis::auth::hash_secret(secret.trim_end_matches(['\r', '\n']))
+                        .map_err(Failure::Hash)
+                })
                 .map(|h| println!("{h}"))
         }
         Command::CheckConfig { config } => load(Some(&config)).map(|_| {
@@ -211,11 +262,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .map_err(Failure::Runtime)
 }
 
 /// Runs a command on an [`App`] built from the config (inside a runtime, for the blocking pool
@@ -226,7 +277,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn run_app(
     config: Option<&std::path::Path>,
-    f: impl FnOnce(App, &tokio::runtime::Runtime) -> Result<bool, String>,
+    f: impl FnOnce(App, &tokio::runtime::Runtime) -> Result<bool, Failure>,
 ) -> ExitCode {
     let result = load(config).and_then(|c| {
         let rt = runtime()?;
@@ -248,8 +299,8 @@ fn run_app(
     }
 }
 
-fn fail(e: String) -> ExitCode {
-    eprintln!("portcullis: {e}");
+fn fail(e: Failure) -> ExitCode {
+    eprintln!("portcullis: {}", Report(&e));
     ExitCode::from(2)
 }
 
@@ -259,11 +310,11 @@ fn verify(config: Config, image: &str, json: bool) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+        Err(e) => return fail(Failure::Runtime(e)),
     };
     let verdict = match runtime.block_on(portcullis::verify::verify(config, image)) {
         Ok(v) => v,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.into()),
     };
     if json {
         println!(
@@ -290,7 +341,7 @@ fn pin(config: Config, image: Option<&str>, set: Option<&str>, check: bool) -> E
             }
         });
         rt.shutdown_timeout(SHUTDOWN_GRACE);
-        out
+        Ok(out?)
     });
     match result {
         Ok((lines, ok)) => {
@@ -307,9 +358,9 @@ fn pin(config: Config, image: Option<&str>, set: Option<&str>, check: bool) -> E
     }
 }
 
-fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
+fn load(path: Option<&std::path::Path>) -> Result<Config, Failure> {
     match path {
-        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
+        Some(p) => Ok(Config::from_file(p)?),
         None => Ok(Config::embedded()),
     }
 }
@@ -327,7 +378,7 @@ fn init_logging(json: bool) {
     }
 }
 
-fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
+fn serve(config: Config, path: Option<PathBuf>) -> Result<(), Failure> {
     let runtime = runtime()?;
     runtime.block_on(async move {
         let listen = config.server.listen;
@@ -342,12 +393,24 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
         state.load().collect_orphans();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| Failure::Listen {
+                addr: listen,
+                what: "",
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Failure::Listen {
+            addr: listen,
+            what: "",
+            source,
+        })?;
         if let Some(m) = metrics_listen {
             let ml = tokio::net::TcpListener::bind(m)
                 .await
-                .map_err(|e| format!("cannot listen on {m} for metrics: {e}"))?;
+                .map_err(|source| Failure::Listen {
+                    addr: m,
+                    what: " for metrics",
+                    source,
+                })?;
             tracing::info!(addr = %m, "metrics listening");
             tokio::spawn(portcullis::server::serve_metrics(Arc::clone(&state), ml));
         }
@@ -359,6 +422,6 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
         tracing::info!(%addr, tls = tls.is_some(), "listening");
         portcullis::server::serve_state(state, tls, listener, portcullis::server::signal(), grace)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(Failure::Serve)
     })
 }

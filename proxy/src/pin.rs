@@ -8,14 +8,71 @@
 
 use std::path::{Path, PathBuf};
 
+use portcullis_cache::DigestError;
+use portcullis_policy::PinsError;
 use toml_edit::{Array, DocumentMut, Item, Value};
 
-use crate::app::App;
+use crate::app::{App, AppError};
 use crate::config::Config;
 use crate::content::{self, Accept};
+use crate::error::ProxyError;
 use crate::oci::document::Body;
-use crate::oci::Document;
+use crate::oci::{Document, Invalid};
 use crate::route::{parse_image_ref, Reference};
+
+/// Why `pin` or `pin --check` could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("image reference {image:?}: {source}")]
+    Reference {
+        image: String,
+        #[source]
+        source: DigestError,
+    },
+    /// The name cannot be routed, the upstream is down, the image is unknown.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("{image}: {source}")]
+    Manifest {
+        image: String,
+        #[source]
+        source: Invalid,
+    },
+    #[error("no [[trust.pins]] named {name:?} in the configuration (it has: {})", has.join(", "))]
+    NoSuchSet { name: String, has: Vec<String> },
+    #[error("the configuration has no [[trust.pins]] set")]
+    NoSets,
+    #[error("choose a set with --pins: {}", .0.join(", "))]
+    ChooseSet(Vec<String>),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Pins {
+        path: PathBuf,
+        #[source]
+        source: PinsError,
+    },
+    #[error("{}: not TOML: {source}", path.display())]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml_edit::TomlError,
+    },
+    #[error("{}: {name:?} is not an array", path.display())]
+    NotArray { path: PathBuf, name: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// What an image reference resolved to.
 struct Resolved {
@@ -26,9 +83,9 @@ struct Resolved {
 }
 
 /// Resolves `image`, appends its digest to the pins set, and says what it did.
-pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<String>, String> {
+pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<String>, PinError> {
     let path = pins_path(&config, set)?;
-    let (_, reference) = parse_image_ref(image)?;
+    let (_, reference) = image_ref(image)?;
     let r = with_scratch(config, |app| async move { resolve(&app, image).await }).await?;
     let tag = match &reference {
         Reference::Tag(t) => Some(t.as_str()),
@@ -47,9 +104,10 @@ pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<S
     let entry = doc
         .entry(&r.name)
         .or_insert_with(|| Item::Value(Value::Array(Array::new())));
-    let array = entry
-        .as_array_mut()
-        .ok_or_else(|| format!("{}: {:?} is not an array", path.display(), r.name))?;
+    let array = entry.as_array_mut().ok_or_else(|| PinError::NotArray {
+        path: path.clone(),
+        name: r.name.clone(),
+    })?;
     if array.iter().any(|v| v.as_str() == Some(r.digest.as_str())) {
         out.push(format!(
             "already pinned for {} in {}",
@@ -77,7 +135,7 @@ pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<S
 
 /// Every pin whose recorded tag now resolves to another digest (not itself pinned): the lines
 /// to print, and whether all pins still match.
-pub async fn check(config: Config, set: Option<&str>) -> Result<(Vec<String>, bool), String> {
+pub async fn check(config: Config, set: Option<&str>) -> Result<(Vec<String>, bool), PinError> {
     let path = pins_path(&config, set)?;
     let doc = read(&path)?;
     let mut wanted = Vec::new();
@@ -147,48 +205,61 @@ fn recorded_tag(v: &Value) -> Option<String> {
     })
 }
 
-fn pins_path(config: &Config, set: Option<&str>) -> Result<PathBuf, String> {
+fn pins_path(config: &Config, set: Option<&str>) -> Result<PathBuf, PinError> {
     let sets = &config.trust.pins;
-    let names = || {
-        sets.iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = || sets.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
     match set {
         Some(n) => sets
             .iter()
             .find(|p| p.name == n)
             .map(|p| p.path.clone())
-            .ok_or_else(|| {
-                format!(
-                    "no [[trust.pins]] named {n:?} in the configuration (it has: {})",
-                    names()
-                )
+            .ok_or_else(|| PinError::NoSuchSet {
+                name: n.to_owned(),
+                has: names(),
             }),
         None if sets.len() == 1 => Ok(sets[0].path.clone()),
-        None if sets.is_empty() => Err("the configuration has no [[trust.pins]] set".into()),
-        None => Err(format!("choose a set with --pins: {}", names())),
+        None if sets.is_empty() => Err(PinError::NoSets),
+        None => Err(PinError::ChooseSet(names())),
     }
 }
 
-fn read(path: &Path) -> Result<DocumentMut, String> {
+fn image_ref(image: &str) -> Result<(String, Reference), PinError> {
+    parse_image_ref(image).map_err(|source| PinError::Reference {
+        image: image.to_owned(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<DocumentMut, PinError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from(
             "# Reviewed digests, by image name: an authority for rules with `pinned = \"<set>\"`.\n# Written by `portcullis pin`; checked by `portcullis pin --check`.\n",
         ),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => {
+            return Err(PinError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
     // The same reading the policy does, so that what is edited here is what will load.
-    portcullis_policy::PinSet::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.parse()
-        .map_err(|e| format!("{}: not TOML: {e}", path.display()))
+    portcullis_policy::PinSet::parse(&text).map_err(|source| PinError::Pins {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse().map_err(|source| PinError::Toml {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Replaces the file whole (a new file, then a rename), so a server watching it never reads half.
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+fn write(path: &Path, text: &str) -> Result<(), PinError> {
+    let fail = |source| PinError::Write {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
@@ -198,24 +269,24 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 /// Runs `f` on an [`App`] over a throw-away cache (so that a serving instance keeps its own).
-async fn with_scratch<T, F, Fut>(mut config: Config, f: F) -> Result<T, String>
+async fn with_scratch<T, F, Fut>(mut config: Config, f: F) -> Result<T, PinError>
 where
     F: FnOnce(App) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, PinError>>,
 {
     let scratch = std::env::temp_dir().join(format!("portcullis-pin-{}", std::process::id()));
     config.cache.dir = scratch.clone();
     let result = match App::new(config) {
         Ok(app) => f(app).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-async fn resolve(app: &App, image: &str) -> Result<Resolved, String> {
-    let (name, reference) = parse_image_ref(image)?;
-    let target = app.router.route(&name, None).map_err(|e| e.to_string())?;
+async fn resolve(app: &App, image: &str) -> Result<Resolved, PinError> {
+    let (name, reference) = image_ref(image)?;
+    let target = app.router.route(&name, None)?;
     let accept = Accept::default();
     let (digest, manifest) = match &reference {
         Reference::Tag(tag) => content::resolve_tag(app, &target, tag, &accept)
@@ -224,10 +295,13 @@ async fn resolve(app: &App, image: &str) -> Result<Resolved, String> {
         Reference::Digest(d) => content::by_digest(app, &target, d, &accept)
             .await
             .map(|(m, _)| (d.clone(), m)),
-    }
-    .map_err(|e| e.to_string())?;
-    let doc = Document::parse(&manifest.bytes, Some(&manifest.media_type))
-        .map_err(|e| format!("{image}: {e}"))?;
+    }?;
+    let doc = Document::parse(&manifest.bytes, Some(&manifest.media_type)).map_err(|source| {
+        PinError::Manifest {
+            image: image.to_owned(),
+            source,
+        }
+    })?;
     let platforms = match &doc.body {
         Body::Index(i) => i
             .manifests()

@@ -7,12 +7,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
+use crate::app::AppError;
+use crate::config::{Config, ConfigError};
+use crate::error::Report;
 use crate::metrics::ResultLabel;
 use crate::server::State;
-use crate::tls::Tls;
+use crate::tls::{Tls, TlsError};
 
 const POLL: Duration = Duration::from_secs(2);
+
+/// Why a reload was rejected.
+#[derive(Debug, thiserror::Error)]
+enum Rejected {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// Watches `path` (or, without one, the files the embedded default names) and the files of the
 /// configuration in force until the process ends.
@@ -49,15 +62,13 @@ fn reload(state: &State, path: Option<&Path>, tls: Option<&Tls>) {
         Some(path) => Config::from_file(path),
         None => Ok(Config::embedded()),
     };
-    let result = config
-        .map_err(|e| e.to_string())
-        .and_then(|config| current.reload(config))
-        .and_then(|app| {
-            if let Some(tls) = tls {
-                tls.reload(&app.config.server)?;
-            }
-            Ok(app)
-        });
+    let result = config.map_err(Rejected::from).and_then(|config| {
+        let app = current.reload(config)?;
+        if let Some(tls) = tls {
+            tls.reload(&app.config.server)?;
+        }
+        Ok(app)
+    });
     match result {
         Ok(app) => {
             let changed = app.policy.fingerprint() != current.policy.fingerprint();
@@ -78,7 +89,7 @@ fn reload(state: &State, path: Option<&Path>, tls: Option<&Tls>) {
                 .reloads
                 .get_or_create(&ResultLabel { result: "error" })
                 .inc();
-            tracing::error!(error = %e, "config reload rejected; the previous configuration stays in force");
+            tracing::error!(error = %Report(&e), "config reload rejected; the previous configuration stays in force");
         }
     }
 }

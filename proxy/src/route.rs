@@ -272,10 +272,11 @@ impl Router {
     }
 }
 
-/// Splits `registry/repo[:tag][@digest]` (the tag defaults to `latest`).
-pub fn parse_image_ref(image: &str) -> Result<(String, Reference), String> {
+/// Splits `registry/repo[:tag][@digest]` (the tag defaults to `latest`); only a digest can be
+/// wrong here.
+pub fn parse_image_ref(image: &str) -> Result<(String, Reference), DigestError> {
     if let Some((name, digest)) = image.split_once('@') {
-        let d: Digest = parse_digest(digest).map_err(|e| e.to_string())?;
+        let d: Digest = digest.parse()?;
         let name = name
             .rsplit_once(':')
             .filter(|(_, t)| !t.contains('/'))

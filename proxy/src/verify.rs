@@ -3,18 +3,35 @@
 //! beside a serving instance; offline, there is nothing to fetch, so it answers from the
 //! configured cache (what was imported; stop the server first, the cache is single-process).
 
+use portcullis_cache::DigestError;
 use portcullis_policy::{Decision, NameDecision, Verdict};
 
-use crate::app::App;
+use crate::app::{App, AppError};
 use crate::config::Config;
 use crate::content::{self, Accept};
 use crate::error::ProxyError;
 use crate::gate;
 use crate::route::{parse_image_ref, Reference};
 
+/// A failure that is no verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("image reference {image:?}: {source}")]
+    Reference {
+        image: String,
+        #[source]
+        source: DigestError,
+    },
+    /// The name cannot be routed, the upstream is down, the image is unknown.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
 /// Evaluates the policy for `image`. `Err` for a failure that is no verdict (bad reference,
 /// upstream down, unknown image).
-pub async fn verify(mut config: Config, image: &str) -> Result<Verdict, String> {
+pub async fn verify(mut config: Config, image: &str) -> Result<Verdict, VerifyError> {
     if config.server.offline {
         return run(config, image).await;
     }
@@ -25,10 +42,13 @@ pub async fn verify(mut config: Config, image: &str) -> Result<Verdict, String> 
     result
 }
 
-async fn run(config: Config, image: &str) -> Result<Verdict, String> {
+async fn run(config: Config, image: &str) -> Result<Verdict, VerifyError> {
     let app = App::new(config)?;
-    let (name, reference) = parse_image_ref(image)?;
-    let target = app.router.route(&name, None).map_err(|e| e.to_string())?;
+    let (name, reference) = parse_image_ref(image).map_err(|source| VerifyError::Reference {
+        image: image.to_owned(),
+        source,
+    })?;
+    let target = app.router.route(&name, None)?;
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
         return Ok(Verdict {
             name: target.name,
@@ -63,11 +83,9 @@ async fn run(config: Config, image: &str) -> Result<Verdict, String> {
                 base: None,
             })
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     // Decided afresh from the evidence (held, or fetched), so that every reason is there.
-    let verdict = gate::redecide(&app, &target, &digest, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let verdict = gate::redecide(&app, &target, &digest, None).await?;
     Ok((*verdict).clone())
 }

@@ -108,7 +108,7 @@ pub fn attestation(
     theirs: &[Descriptor],
     envelope: String,
     summary: Digest,
-) -> Result<Doc, String> {
+) -> Result<Doc, serde_json::Error> {
     let ours_digest = Digest::of(envelope.as_bytes());
     let mut layers = Vec::new();
     for d in theirs {
@@ -116,7 +116,7 @@ pub fn attestation(
         if d.digest().to_string() == ours_digest.to_string() {
             continue;
         }
-        layers.push(serde_json::to_value(d).map_err(|e| e.to_string())?);
+        layers.push(serde_json::to_value(d)?);
     }
     let mut ours = descriptor(DSSE_ENVELOPE, &envelope);
     ours["annotations"] = json!({

@@ -1,7 +1,7 @@
 //! The signing key of `[attest]`: a P-256 private key in PKCS#8 PEM, encrypted or not; its
 //! password only from the environment or a file. Nothing here logs or returns the password.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{DerSignature, SigningKey};
@@ -19,6 +19,62 @@ const KEY_ALGORITHMS: &[(&str, &str)] = &[
     ("1.3.101.113", "an Ed448 key"),
 ];
 
+/// A key (or its password) that cannot be used. No variant holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("[attest] key {}: {problem}", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        problem: KeyProblem,
+    },
+    #[error("[attest]: set password_env or password_file, not both")]
+    TwoPasswords,
+    #[error("[attest] password_env: environment variable {0} is not set")]
+    PasswordEnv(String),
+    #[error("[attest] password_file {}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What is wrong with the key file itself.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("not a PEM file")]
+    NotPem,
+    #[error(
+        "the key is not encrypted, but a password is configured; remove password_env/password_file"
+    )]
+    NotEncrypted,
+    #[error("the key is encrypted; give its password with password_env or password_file")]
+    Encrypted,
+    #[error("a SEC1 key (BEGIN EC PRIVATE KEY); convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt -in KEY -out portcullis.key` (or `-v2 aes-256-cbc` to encrypt it)")]
+    Sec1,
+    #[error("a cosign-encrypted key; portcullis reads PKCS#8: make one with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out portcullis.key`")]
+    Cosign,
+    #[error(
+        "a PEM {0:?}, not a PKCS#8 private key (BEGIN PRIVATE KEY or BEGIN ENCRYPTED PRIVATE KEY)"
+    )]
+    OtherPem(String),
+    #[error("not a PKCS#8 private key: {0}")]
+    NotPkcs8(#[source] pkcs8::der::Error),
+    #[error("not an encrypted PKCS#8 private key: {0}")]
+    NotEncryptedPkcs8(#[source] pkcs8::der::Error),
+    /// The cipher's own error says no more than this, and is kept as the source.
+    #[error("cannot decrypt it (a wrong password, or an unsupported cipher)")]
+    Decrypt(#[source] pkcs8::Error),
+    /// Which key it is instead (`an RSA key`, …).
+    #[error("{0}; [attest] signs with ECDSA P-256 (prime256v1): make one with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out portcullis.key`")]
+    NotP256(String),
+    #[error("encoding its public key: {0}")]
+    PublicKey(#[source] pkcs8::spki::Error),
+}
+
 /// The key and what verifiers are told about it.
 pub struct Key {
     signing: SigningKey,
@@ -31,52 +87,38 @@ pub struct Key {
 impl Key {
     /// Reads and decrypts the key named by `cfg`. Every error names the file and says what is
     /// wrong with it, never the password.
-    pub fn load(cfg: &AttestConfig) -> Result<Key, String> {
+    pub fn load(cfg: &AttestConfig) -> Result<Key, KeyError> {
         let path = &cfg.key;
-        let ctx = format!("[attest] key {}", path.display());
-        let pem = std::fs::read_to_string(path).map_err(|e| format!("{ctx}: {e}"))?;
+        let bad = |problem| KeyError::Key {
+            path: path.clone(),
+            problem,
+        };
+        let pem = std::fs::read_to_string(path).map_err(|e| bad(KeyProblem::Read(e)))?;
         let label = pem
             .lines()
             .map(str::trim)
             .find_map(|l| l.strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
-            .ok_or_else(|| format!("{ctx}: not a PEM file"))?;
+            .ok_or_else(|| bad(KeyProblem::NotPem))?;
         let password = password(cfg)?;
         let signing = match (label, password) {
-            ("PRIVATE KEY", None) => from_der_of(&pem, &ctx, None)?,
-            ("PRIVATE KEY", Some(_)) => {
-                return Err(format!(
-                    "{ctx}: the key is not encrypted, but a password is configured; remove password_env/password_file"
-                ))
-            }
-            ("ENCRYPTED PRIVATE KEY", Some(pw)) => from_der_of(&pem, &ctx, Some(&pw))?,
-            ("ENCRYPTED PRIVATE KEY", None) => {
-                return Err(format!(
-                    "{ctx}: the key is encrypted; give its password with password_env or password_file"
-                ))
-            }
-            ("EC PRIVATE KEY", _) => {
-                return Err(format!(
-                    "{ctx}: a SEC1 key (BEGIN EC PRIVATE KEY); convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt -in KEY -out portcullis.key` (or `-v2 aes-256-cbc` to encrypt it)"
-                ))
-            }
+            ("PRIVATE KEY", None) => from_der_of(&pem, None),
+            ("PRIVATE KEY", Some(_)) => Err(KeyProblem::NotEncrypted),
+            ("ENCRYPTED PRIVATE KEY", Some(pw)) => from_der_of(&pem, Some(&pw)),
+            ("ENCRYPTED PRIVATE KEY", None) => Err(KeyProblem::Encrypted),
+            ("EC PRIVATE KEY", _) => Err(KeyProblem::Sec1),
             ("ENCRYPTED SIGSTORE PRIVATE KEY" | "ENCRYPTED COSIGN PRIVATE KEY", _) => {
-                return Err(format!(
-                    "{ctx}: a cosign-encrypted key; portcullis reads PKCS#8: make one with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out portcullis.key`"
-                ))
+                Err(KeyProblem::Cosign)
             }
-            (other, _) => {
-                return Err(format!(
-                    "{ctx}: a PEM {other:?}, not a PKCS#8 private key (BEGIN PRIVATE KEY or BEGIN ENCRYPTED PRIVATE KEY)"
-                ))
-            }
-        };
+            (other, _) => Err(KeyProblem::OtherPem(other.to_owned())),
+        }
+        .map_err(bad)?;
         let public = signing.verifying_key();
         let der = public
             .to_public_key_der()
-            .map_err(|e| format!("{ctx}: encoding its public key: {e}"))?;
+            .map_err(|e| bad(KeyProblem::PublicKey(e)))?;
         let public_pem = public
             .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| format!("{ctx}: encoding its public key: {e}"))?;
+            .map_err(|e| bad(KeyProblem::PublicKey(e)))?;
         use base64::Engine as _;
         let hint = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(der.as_bytes()));
         Ok(Key {
@@ -94,19 +136,17 @@ impl Key {
 }
 
 /// Decodes the (decrypted) PKCS#8 document as a P-256 key, or says which key it is instead.
-fn from_der_of(pem: &str, ctx: &str, password: Option<&str>) -> Result<SigningKey, String> {
+fn from_der_of(pem: &str, password: Option<&str>) -> Result<SigningKey, KeyProblem> {
     let doc = match password {
         None => pkcs8::SecretDocument::from_pem(pem)
             .map(|(_, doc)| doc)
-            .map_err(|e| format!("{ctx}: not a PKCS#8 private key: {e}"))?,
+            .map_err(KeyProblem::NotPkcs8)?,
         Some(pw) => {
-            let (_, encrypted) = pkcs8::SecretDocument::from_pem(pem)
-                .map_err(|e| format!("{ctx}: not an encrypted PKCS#8 private key: {e}"))?;
+            let (_, encrypted) =
+                pkcs8::SecretDocument::from_pem(pem).map_err(KeyProblem::NotEncryptedPkcs8)?;
             pkcs8::EncryptedPrivateKeyInfoRef::try_from(encrypted.as_bytes())
                 .and_then(|info| info.decrypt(pw))
-                .map_err(|_| {
-                    format!("{ctx}: cannot decrypt it (a wrong password, or an unsupported cipher)")
-                })?
+                .map_err(KeyProblem::Decrypt)?
         }
     };
     SigningKey::from_pkcs8_der(doc.as_bytes()).map_err(|_| {
@@ -114,32 +154,35 @@ fn from_der_of(pem: &str, ctx: &str, password: Option<&str>) -> Result<SigningKe
             .ok()
             .map(|info| {
                 let oid = info.algorithm.oid.to_string();
-                KEY_ALGORITHMS
-                    .iter()
-                    .find(|(o, _)| *o == oid)
-                    .map_or_else(|| format!("a key of algorithm {oid}"), |(_, n)| (*n).to_owned())
+                KEY_ALGORITHMS.iter().find(|(o, _)| *o == oid).map_or_else(
+                    || format!("a key of algorithm {oid}"),
+                    |(_, n)| (*n).to_owned(),
+                )
             })
             .unwrap_or_else(|| "not a readable private key".to_owned());
-        format!("{ctx}: {what}; [attest] signs with ECDSA P-256 (prime256v1): make one with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out portcullis.key`")
+        KeyProblem::NotP256(what)
     })
 }
 
 /// The key's password, from `password_env` or `password_file` (one line), if configured.
-fn password(cfg: &AttestConfig) -> Result<Option<String>, String> {
+fn password(cfg: &AttestConfig) -> Result<Option<String>, KeyError> {
     match (&cfg.password_env, &cfg.password_file) {
-        (Some(_), Some(_)) => Err("[attest]: set password_env or password_file, not both".into()),
+        (Some(_), Some(_)) => Err(KeyError::TwoPasswords),
         (Some(var), None) => std::env::var(var)
             .map(Some)
-            .map_err(|_| format!("[attest] password_env: environment variable {var} is not set")),
+            .map_err(|_| KeyError::PasswordEnv(var.clone())),
         (None, Some(path)) => read_line(path).map(Some),
         (None, None) => Ok(None),
     }
 }
 
-fn read_line(path: &Path) -> Result<String, String> {
+fn read_line(path: &Path) -> Result<String, KeyError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| format!("[attest] password_file {}: {e}", path.display()))
+        .map_err(|source| KeyError::PasswordFile {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -181,7 +224,12 @@ mod tests {
     #[test]
     fn other_keys_and_forms_are_refused_with_what_they_are() {
         let dir = tempfile::tempdir().unwrap();
-        let err = |pem: &str| Key::load(&config(dir.path(), pem)).err().unwrap();
+        let err = |pem: &str| {
+            Key::load(&config(dir.path(), pem))
+                .err()
+                .unwrap()
+                .to_string()
+        };
         assert!(err(ED25519).contains("an Ed25519 key"), "{}", err(ED25519));
         let sec1 = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
         assert!(err(sec1).contains("openssl pkcs8 -topk8"), "{}", err(sec1));
@@ -201,10 +249,14 @@ mod tests {
         let file = dir.path().join("password");
         std::fs::write(&file, "s3cret-pw\n").unwrap();
         cfg.password_file = Some(file);
-        let e = Key::load(&cfg).err().unwrap();
+        let e = Key::load(&cfg).err().unwrap().to_string();
         assert!(e.contains("not encrypted"), "{e}");
         assert!(!e.contains("s3cret-pw"), "{e}");
         cfg.password_env = Some("PORTCULLIS_TEST_UNSET_VARIABLE".into());
-        assert!(Key::load(&cfg).err().unwrap().contains("not both"));
+        assert!(Key::load(&cfg)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("not both"));
     }
 }

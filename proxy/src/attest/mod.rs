@@ -27,6 +27,7 @@ mod vsa;
 
 pub use forms::BUNDLE_V03;
 pub use held::{DOC as DOC_RECORDS, PARENT as PARENT_RECORDS, SUMMARY as SUMMARY_RECORDS};
+pub use key::{KeyError, KeyProblem};
 pub use serve::{manifest, referrers};
 pub use vsa::{PAYLOAD_TYPE, PREDICATE_TYPE};
 
@@ -35,6 +36,21 @@ use crate::config::AttestConfig;
 use crate::error::ProxyError;
 use crate::oci::Document;
 use crate::route::Target;
+
+/// An `[attest]` section that cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error("[attest] verifier_id {id:?} is not a URI: {source}")]
+    VerifierIdNotUri {
+        id: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("[attest] verifier_id {0:?}: a URI such as https://portcullis.example.com/")]
+    VerifierIdNotBase(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
 
 /// The signer of summaries, built from `[attest]` with the rest of the configuration.
 pub struct Attester {
@@ -51,18 +67,14 @@ pub struct Attester {
 impl Attester {
     /// Reads the key (and its password) and checks the verifier id: what `check-config` and a
     /// reload validate.
-    pub fn load(cfg: &AttestConfig) -> Result<Attester, String> {
-        let id = url::Url::parse(&cfg.verifier_id).map_err(|e| {
-            format!(
-                "[attest] verifier_id {:?} is not a URI: {e}",
-                cfg.verifier_id
-            )
-        })?;
+    pub fn load(cfg: &AttestConfig) -> Result<Attester, AttestError> {
+        let id =
+            url::Url::parse(&cfg.verifier_id).map_err(|source| AttestError::VerifierIdNotUri {
+                id: cfg.verifier_id.clone(),
+                source,
+            })?;
         if id.cannot_be_a_base() && id.scheme() != "urn" {
-            return Err(format!(
-                "[attest] verifier_id {:?}: a URI such as https://portcullis.example.com/",
-                cfg.verifier_id
-            ));
+            return Err(AttestError::VerifierIdNotBase(cfg.verifier_id.clone()));
         }
         Ok(Attester {
             key: key::Key::load(cfg)?,

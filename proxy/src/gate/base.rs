@@ -80,7 +80,7 @@ async fn base_verdict(
     chain: &[String],
 ) -> Result<Verdict, ProxyError> {
     let (name, _) = crate::route::parse_image_ref(name)
-        .map_err(|e| ProxyError::NameInvalid(name.to_owned(), e))?;
+        .map_err(|e| ProxyError::NameInvalid(name.to_owned(), e.to_string()))?;
     let digest = parse_digest(digest)?;
     let target = app.router.route(&name, None)?;
     let here = format!("{}@{digest}", target.name);

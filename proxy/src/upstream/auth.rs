@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -31,6 +31,21 @@ pub enum Challenge {
     },
 }
 
+/// A credential that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("environment variable {0} is not UTF-8")]
+    EnvNotUnicode(String),
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Tokens by scope, kept until shortly before `expires_in`.
 #[derive(Default)]
 pub struct TokenCache {
@@ -45,7 +60,7 @@ impl fmt::Debug for Credentials {
 
 impl Credentials {
     /// Reads the credentials an upstream names, if any.
-    pub fn load(cfg: &UpstreamConfig) -> Result<Option<Credentials>, String> {
+    pub fn load(cfg: &UpstreamConfig) -> Result<Option<Credentials>, SecretError> {
         let username = secret(cfg.username_env.as_deref(), cfg.username_file.as_deref())?;
         let password = secret(cfg.password_env.as_deref(), cfg.password_file.as_deref())?;
         Ok(match (username, password) {
@@ -64,16 +79,20 @@ impl Credentials {
     }
 }
 
-fn secret(env: Option<&str>, file: Option<&Path>) -> Result<Option<String>, String> {
+fn secret(env: Option<&str>, file: Option<&Path>) -> Result<Option<String>, SecretError> {
     if let Some(var) = env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| format!("environment variable {var} is not set"));
+        return std::env::var(var).map(Some).map_err(|e| match e {
+            std::env::VarError::NotPresent => SecretError::EnvUnset(var.to_owned()),
+            std::env::VarError::NotUnicode(_) => SecretError::EnvNotUnicode(var.to_owned()),
+        });
     }
     if let Some(path) = file {
         return std::fs::read_to_string(path)
             .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()));
+            .map_err(|source| SecretError::File {
+                path: path.to_owned(),
+                source,
+            });
     }
     Ok(None)
 }

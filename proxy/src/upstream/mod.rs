@@ -4,7 +4,6 @@
 mod auth;
 mod tls;
 
-use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,10 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use url::Url;
 
-pub use auth::{Challenge, Credentials, TokenCache};
+pub use auth::{Challenge, Credentials, SecretError, TokenCache};
+pub use tls::CaFileError;
 
 use crate::config::UpstreamConfig;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Report};
 use crate::metrics::{Metrics, UpstreamLabel};
 
 const MAX_REDIRECTS: usize = 5;
@@ -41,9 +41,26 @@ pub struct Upstream {
     offline: bool,
     metrics: Metrics,
     /// The outcome of the last exchange, for `/readyz`.
-    last: Mutex<Option<(std::time::SystemTime, Result<u16, String>)>>,
+    last: Mutex<Option<(std::time::SystemTime, Result<u16, ProxyError>)>>,
     pub read_timeout: Duration,
     pub timeout: Duration,
+}
+
+/// An `[[upstream]]` a client cannot be built for.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("[[upstream]] {name:?}: {source}")]
+    Tls {
+        name: String,
+        #[source]
+        source: CaFileError,
+    },
+    #[error("[[upstream]] {name:?}: {source}")]
+    Credentials {
+        name: String,
+        #[source]
+        source: SecretError,
+    },
 }
 
 #[derive(Deserialize)]
@@ -54,9 +71,17 @@ struct TokenResponse {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, offline: bool, metrics: Metrics) -> Result<Upstream, String> {
-        let ctx = |e: String| format!("[[upstream]] {:?}: {e}", cfg.name);
-        let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(ctx)?;
+    pub fn new(
+        cfg: &UpstreamConfig,
+        offline: bool,
+        metrics: Metrics,
+    ) -> Result<Upstream, UpstreamSetupError> {
+        let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(|source| {
+            UpstreamSetupError::Tls {
+                name: cfg.name.clone(),
+                source,
+            }
+        })?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -81,7 +106,10 @@ impl Upstream {
             name: cfg.name.clone(),
             base,
             client,
-            creds: Credentials::load(cfg).map_err(ctx)?,
+            creds: Credentials::load(cfg).map_err(|source| UpstreamSetupError::Credentials {
+                name: cfg.name.clone(),
+                source,
+            })?,
             tokens: Mutex::new(TokenCache::default()),
             basic: AtomicBool::new(false),
             offline,
@@ -220,7 +248,7 @@ impl Upstream {
         let result = self.exchange_once(req).await;
         let seen = match &result {
             Ok(resp) => Ok(resp.status().as_u16()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.clone()),
         };
         *self
             .last
@@ -249,16 +277,12 @@ impl Upstream {
                 "{} sent no response within {:?}",
                 self.name, self.read_timeout
             ))),
-            Ok(Err(e)) => {
-                let mut detail = e.to_string();
-                let mut source = e.source();
-                while let Some(s) = source {
-                    detail.push_str(": ");
-                    detail.push_str(&s.to_string());
-                    source = s.source();
-                }
-                Err(ProxyError::Unavailable(format!("{}: {detail}", self.name)))
-            }
+            // hyper says "client error (Connect)"; what failed is in its sources.
+            Ok(Err(e)) => Err(ProxyError::Unavailable(format!(
+                "{}: {}",
+                self.name,
+                Report(&e)
+            ))),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -331,7 +355,11 @@ impl Upstream {
                     Ok(status) => {
                         serde_json::json!({ "state": "reachable", "status": status, "at": at })
                     }
-                    Err(e) => serde_json::json!({ "state": "unreachable", "error": e, "at": at }),
+                    Err(e) => serde_json::json!({
+                        "state": "unreachable",
+                        "error": e.to_string(),
+                        "at": at,
+                    }),
                 }
             }
         }
