@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use portcullis::airgap::AirgapError;
 use portcullis::app::AppError;
 use portcullis::config::{ConfigError, LogFormat};
 use portcullis::error::Report;
@@ -115,8 +116,8 @@ enum Failure {
     App(#[from] AppError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{0}")]
-    Command(String),
+    #[error(transparent)]
+    Airgap(#[from] AirgapError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
@@ -172,13 +173,11 @@ fn main() -> ExitCode {
         }),
         Command::Import { path, config, name } => {
             return run_app(config.as_deref(), |app, rt| {
-                let lines = rt
-                    .block_on(portcullis::airgap::import::import(
-                        &app,
-                        &path,
-                        name.as_deref(),
-                    ))
-                    .map_err(Failure::Command)?;
+                let lines = rt.block_on(portcullis::airgap::import::import(
+                    &app,
+                    &path,
+                    name.as_deref(),
+                ))?;
                 for l in &lines {
                     println!("{l}");
                 }
@@ -191,9 +190,7 @@ fn main() -> ExitCode {
             config,
         } => {
             return run_app(config.as_deref(), |app, _| {
-                for r in portcullis::airgap::export::export(&app, &images, &output)
-                    .map_err(Failure::Command)?
-                {
+                for r in portcullis::airgap::export::export(&app, &images, &output)? {
                     println!("exported {r}");
                 }
                 Ok(true)
@@ -201,9 +198,7 @@ fn main() -> ExitCode {
         }
         Command::Mirror { config, output } => {
             return run_app(Some(&config), |app, rt| {
-                let (lines, ok) = rt
-                    .block_on(portcullis::airgap::mirror::mirror(&app, &output))
-                    .map_err(Failure::Command)?;
+                let (lines, ok) = rt.block_on(portcullis::airgap::mirror::mirror(&app, &output))?;
                 for l in lines {
                     println!("{l}");
                 }
@@ -217,12 +212,9 @@ fn main() -> ExitCode {
             };
             return run_app(config.as_deref(), |app, _| {
                 if gc {
-                    println!(
-                        "{}",
-                        portcullis::airgap::admin::gc(&app).map_err(Failure::Command)?
-                    );
+                    println!("{}", portcullis::airgap::admin::gc(&app)?);
                 } else {
-                    for l in portcullis::airgap::admin::ls(&app).map_err(Failure::Command)? {
+                    for l in portcullis::airgap::admin::ls(&app)? {
                         println!("{l}");
                     }
                 }

@@ -4,13 +4,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis_cache::Digest;
 
+use super::AirgapError;
 use crate::app::App;
 use crate::gate;
 
 /// One line per held tag: name:tag, digest, bytes, verdict under the current policy, last access.
-pub fn ls(app: &App) -> Result<Vec<String>, String> {
+pub fn ls(app: &App) -> Result<Vec<String>, AirgapError> {
     let mut lines = Vec::new();
-    for (repo, tag, rec) in app.store.tags().map_err(|e| e.to_string())? {
+    for (repo, tag, rec) in app.store.tags()? {
         if tag.contains('\0') {
             continue; // a mapping for a narrower Accept
         }
@@ -38,9 +39,9 @@ pub fn ls(app: &App) -> Result<Vec<String>, String> {
 }
 
 /// Evicts down to `[cache] max_size`, then removes blobs no held manifest references.
-pub fn gc(app: &App) -> Result<String, String> {
-    let evicted = app.store.evict_to_fit().map_err(|e| e.to_string())?;
-    let orphans = app.store.gc_unreferenced().map_err(|e| e.to_string())?;
+pub fn gc(app: &App) -> Result<String, AirgapError> {
+    let evicted = app.store.evict_to_fit()?;
+    let orphans = app.store.gc_unreferenced()?;
     Ok(format!(
         "evicted {} items ({} bytes) to fit; removed {} unreferenced blobs ({} bytes); {} bytes held",
         evicted.items,

@@ -9,13 +9,14 @@ use std::path::Path;
 use portcullis_cache::{Blob, Digest};
 
 use super::layout::{tar_dir, Descriptor, Writer, REF_NAME};
+use super::AirgapError;
 use crate::app::App;
 use crate::content::referrers::{self, ReferrersIndex, INDEX_MEDIA_TYPE};
 use crate::route::split_tag;
 use crate::route::Target;
 
 /// Writes `refs` (`registry/repo:tag`) with their signatures; returns the entries written.
-pub fn export(app: &App, refs: &[String], out: &Path) -> Result<Vec<String>, String> {
+pub fn export(app: &App, refs: &[String], out: &Path) -> Result<Vec<String>, AirgapError> {
     let as_tar = out.extension().is_some_and(|e| e == "tar");
     let dir = if as_tar {
         std::env::temp_dir().join(format!("portcullis-export-{}", std::process::id()))
@@ -24,7 +25,7 @@ pub fn export(app: &App, refs: &[String], out: &Path) -> Result<Vec<String>, Str
     };
     let result = write(app, refs, &dir).and_then(|written| {
         if as_tar {
-            tar_dir(&dir, out).map_err(|e| format!("{}: {e}", out.display()))?;
+            tar_dir(&dir, out)?;
         }
         Ok(written)
     });
@@ -34,25 +35,21 @@ pub fn export(app: &App, refs: &[String], out: &Path) -> Result<Vec<String>, Str
     result
 }
 
-fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-    let mut w = Writer::create(dir).map_err(io)?;
+fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, AirgapError> {
+    let mut w = Writer::create(dir)?;
     let mut written = Vec::new();
     for r in refs {
         let (repo, tag) = split_tag(r).unwrap_or((r.as_str(), "latest"));
-        let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
+        let target = app.router.route(repo, None)?;
         let mut entries = vec![tag.to_owned()];
         let rec = app
             .store
-            .tag(&target.name, tag)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "{}:{tag} is not held in the cache; pull it first",
-                    target.name
-                )
+            .tag(&target.name, tag)?
+            .ok_or_else(|| AirgapError::TagNotHeld {
+                name: target.name.clone(),
+                tag: tag.to_owned(),
             })?;
-        let digest: Digest = rec.digest.parse().map_err(|e| format!("{e}"))?;
+        let digest: Digest = rec.digest.parse()?;
         entries.push(format!("{}.sig", digest.tag_form()));
         entries.push(format!("{}.att", digest.tag_form()));
         if let Some(entry) = referrers(app, &w, &target, &digest)? {
@@ -60,10 +57,10 @@ fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> 
             w.entry(entry);
         }
         for t in entries {
-            let Some(rec) = app.store.tag(&target.name, &t).map_err(|e| e.to_string())? else {
+            let Some(rec) = app.store.tag(&target.name, &t)? else {
                 continue; // an image without signatures exports without them
             };
-            let d: Digest = rec.digest.parse().map_err(|e| format!("{e}"))?;
+            let d: Digest = rec.digest.parse()?;
             let (media_type, size) = tree(app, &w, &d)?;
             let reference = format!("{}:{t}", target.name);
             w.entry(Descriptor {
@@ -75,7 +72,7 @@ fn write(app: &App, refs: &[String], dir: &Path) -> Result<Vec<String>, String> 
             written.push(reference);
         }
     }
-    w.finish().map_err(io)?;
+    w.finish()?;
     Ok(written)
 }
 
@@ -86,8 +83,8 @@ fn referrers(
     w: &Writer,
     target: &Target,
     digest: &Digest,
-) -> Result<Option<Descriptor>, String> {
-    let Some(held) = referrers::held_index(app, target, digest).map_err(|e| e.to_string())? else {
+) -> Result<Option<Descriptor>, AirgapError> {
+    let Some(held) = referrers::held_index(app, target, digest)? else {
         return Ok(None);
     };
     let mut carried = Vec::new();
@@ -101,10 +98,9 @@ fn referrers(
         return Ok(None);
     }
     let index = ReferrersIndex::new(carried);
-    let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&index).map_err(AirgapError::ReferrersIndex)?;
     let index_digest = Digest::of(&bytes);
-    w.put_bytes(&index_digest, &bytes)
-        .map_err(|e| e.to_string())?;
+    w.put_bytes(&index_digest, &bytes)?;
     Ok(Some(Descriptor {
         media_type: INDEX_MEDIA_TYPE.to_owned(),
         digest: index_digest.to_string(),
@@ -118,13 +114,12 @@ fn referrers(
 
 /// Whether a manifest and everything it references are held (referrers the gate never read,
 /// such as SBOMs nobody pulled, are not).
-fn held_fully(app: &App, digest: &Digest) -> Result<bool, String> {
-    let Some(m) = app.store.manifest(digest).map_err(|e| e.to_string())? else {
+fn held_fully(app: &App, digest: &Digest) -> Result<bool, AirgapError> {
+    let Some(m) = app.store.manifest(digest)? else {
         return Ok(false);
     };
     for r in &m.refs {
-        let held =
-            app.store.has_blob(r).map_err(|e| e.to_string())?.is_some() || held_fully(app, r)?;
+        let held = app.store.has_blob(r)?.is_some() || held_fully(app, r)?;
         if !held {
             return Ok(false);
         }
@@ -133,25 +128,25 @@ fn held_fully(app: &App, digest: &Digest) -> Result<bool, String> {
 }
 
 /// Writes a manifest and everything it references; its media type and size.
-fn tree(app: &App, w: &Writer, digest: &Digest) -> Result<(String, u64), String> {
+fn tree(app: &App, w: &Writer, digest: &Digest) -> Result<(String, u64), AirgapError> {
     let m = app
         .store
-        .manifest(digest)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("manifest {digest} is not held; pull the image fully first"))?;
-    w.put_bytes(digest, &m.bytes).map_err(|e| e.to_string())?;
+        .manifest(digest)?
+        .ok_or_else(|| AirgapError::ManifestNotHeld(digest.clone()))?;
+    w.put_bytes(digest, &m.bytes)?;
     for r in &m.refs {
-        if app.store.manifest(r).map_err(|e| e.to_string())?.is_some() {
+        if app.store.manifest(r)?.is_some() {
             tree(app, w, r)?;
             continue;
         }
-        match app.store.blob(r).map_err(|e| e.to_string())? {
-            Some(Blob::Memory(bytes)) => w.put_bytes(r, &bytes).map_err(|e| e.to_string())?,
-            Some(Blob::File { file, .. }) => w.put_file(r, file).map_err(|e| e.to_string())?,
+        match app.store.blob(r)? {
+            Some(Blob::Memory(bytes)) => w.put_bytes(r, &bytes)?,
+            Some(Blob::File { file, .. }) => w.put_file(r, file)?,
             None => {
-                return Err(format!(
-                    "blob {r} of {digest} is not held; pull the image fully first"
-                ))
+                return Err(AirgapError::BlobNotHeld {
+                    blob: r.clone(),
+                    manifest: digest.clone(),
+                })
             }
         }
     }

@@ -15,7 +15,9 @@ use portcullis_cache::{now_ms, Digest, TagRecord};
 use portcullis_policy::{Decision, NameDecision};
 
 use super::layout::{Descriptor, Layout, REF_NAME};
+use super::AirgapError;
 use crate::app::App;
+use crate::error::Report;
 use crate::gate;
 use crate::oci::cosign::{self, is_signature_tag, EvidenceArtifact, MAX_EVIDENCE_BLOB};
 use crate::oci::{Document, Reference};
@@ -69,7 +71,7 @@ type EvidenceEntries = HashMap<(String, String), Descriptor>;
 /// Imports every image of the layout at `path`. `name` names the repository of entries whose
 /// ref name is a bare tag (as `skopeo copy … oci:DIR:TAG` writes). An image whose base (under
 /// `verify_base`) comes later in the same layout is decided again once the others are in.
-pub async fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Line>, String> {
+pub async fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Line>, AirgapError> {
     let layout = Layout::open(path)?;
     let mut evidence: EvidenceEntries = HashMap::new();
     let mut images = Vec::new();
@@ -123,7 +125,7 @@ pub async fn import(app: &App, path: &Path, name: Option<&str>) -> Result<Vec<Li
                         reason: None,
                     }
                 }
-                Err(why) => rejected(&reference, &d.digest, why),
+                Err(why) => rejected(&reference, &d.digest, Report(&why).to_string()),
             };
             results[i] = Some(line);
         }
@@ -162,10 +164,10 @@ async fn one(
     d: &Descriptor,
     evidence: &EvidenceEntries,
     progress: &mut Progress,
-) -> Result<&'static str, String> {
-    let digest: Digest = d.digest.parse().map_err(|e| format!("{e}"))?;
+) -> Result<&'static str, AirgapError> {
+    let digest: Digest = d.digest.parse()?;
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
-        return Err(why);
+        return Err(AirgapError::Denied(why));
     }
     let max = app.config.server.max_manifest_size.as_u64();
     let top = node(layout, &digest, Some(&d.media_type), max)?;
@@ -186,8 +188,8 @@ async fn one(
         rejected => {
             restore_tags(app, target, before)?;
             return Err(match rejected {
-                Ok(v) => v.message.clone(),
-                Err(e) => e.to_string(),
+                Ok(v) => AirgapError::Denied(v.message.clone()),
+                Err(e) => e.into(),
             });
         }
     };
@@ -213,29 +215,28 @@ async fn one(
 
     // Blobs first: each verified as it is written, invisible until committed.
     for b in &all_blobs {
-        if app.store.has_blob(b).map_err(|e| e.to_string())?.is_some() {
+        if app.store.has_blob(b)?.is_some() {
             continue;
         }
         write_blob(app, b, |w| {
             layout
                 .stream(b, |chunk| {
                     progress.bytes(chunk.len() as u64);
-                    w.write(chunk).map_err(|e| e.to_string())
+                    w.write(chunk).map_err(AirgapError::from)
                 })
                 .map(|_| ())
         })?;
     }
 
     // Then manifests, children before parents, then the gate, then the tag.
-    let err = |e: crate::error::ProxyError| e.to_string();
     for n in nodes.iter().chain(std::iter::once(&top)) {
         put_node(app, target, n)?;
     }
-    gate::enforce(app, target, &digest, &top.doc, &verdict).map_err(err)?;
+    gate::enforce(app, target, &digest, &top.doc, &verdict)?;
     // The image passed: its verification material may be served beside it.
     for c in &carried {
         let refs: Vec<Reference> = c.artifact.blobs.iter().map(|(r, _)| r.clone()).collect();
-        gate::open_gate(app, target, &refs).map_err(err)?;
+        gate::open_gate(app, target, &refs)?;
     }
     put_tag(app, target, tag, &digest, &top.doc.media_type)?;
     Ok(if unchanged { "unchanged" } else { "imported" })
@@ -250,19 +251,19 @@ fn carried(
     digest: &Digest,
     evidence: &EvidenceEntries,
     max: u64,
-) -> Result<Vec<Carried>, String> {
+) -> Result<Vec<Carried>, AirgapError> {
     let mut out = Vec::new();
     let entry = |tag: &str| evidence.get(&(target.name.clone(), tag.to_owned()));
     for suffix in ["sig", "att"] {
         let tag = format!("{}.{suffix}", digest.tag_form());
         let Some(sd) = entry(&tag) else { continue };
-        let sd_digest: Digest = sd.digest.parse().map_err(|e| format!("{e}"))?;
+        let sd_digest: Digest = sd.digest.parse()?;
         let sn = node(layout, &sd_digest, Some(&sd.media_type), max)?;
         out.extend(check(layout, target, sn, Some(tag), digest)?);
     }
     let referrers_tag = digest.tag_form();
     if let Some(rd) = entry(&referrers_tag) {
-        let rd_digest: Digest = rd.digest.parse().map_err(|e| format!("{e}"))?;
+        let rd_digest: Digest = rd.digest.parse()?;
         let index = node(layout, &rd_digest, Some(&rd.media_type), max)?;
         for child in index.children.iter().take(MAX_REFERRERS) {
             let Ok(n) = node(layout, child, None, max) else {
@@ -291,7 +292,7 @@ fn check(
     node: Node,
     tag: Option<String>,
     subject: &Digest,
-) -> Result<Option<Carried>, String> {
+) -> Result<Option<Carried>, AirgapError> {
     let artifact = match cosign::evidence_artifact(&node.doc, tag.as_deref()) {
         Some(a) if &a.subject == subject => a,
         _ => {
@@ -306,14 +307,23 @@ fn check(
         .map(|(r, material)| {
             let bytes = layout.read_verified(&r.digest, MAX_EVIDENCE_BLOB)?;
             if bytes.len() as u64 != r.size {
-                return Err(format!("{what}: blob {} is not {} bytes", r.digest, r.size));
+                return Err(AirgapError::EvidenceSize {
+                    what: what.clone(),
+                    digest: r.digest.clone(),
+                    size: r.size,
+                });
             }
             artifact
                 .check(*material, &bytes)
-                .map_err(|why| format!("{what}: blob {} is not {material:?}: {why}", r.digest))?;
+                .map_err(|source| AirgapError::EvidenceMaterial {
+                    what: what.clone(),
+                    digest: r.digest.clone(),
+                    material: *material,
+                    source,
+                })?;
             Ok((r.digest.clone(), bytes))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, AirgapError>>()?;
     Ok(Some(Carried {
         tag,
         node,
@@ -329,15 +339,13 @@ fn store_evidence(
     app: &App,
     target: &Target,
     carried: &[Carried],
-) -> Result<Vec<(String, Option<TagRecord>)>, String> {
+) -> Result<Vec<(String, Option<TagRecord>)>, AirgapError> {
     for c in carried {
         for (d, bytes) in &c.blobs {
-            if app.store.has_blob(d).map_err(|e| e.to_string())?.is_none() {
-                write_blob(app, d, |w| {
-                    w.write(bytes.clone()).map_err(|e| e.to_string())
-                })?;
+            if app.store.has_blob(d)?.is_none() {
+                write_blob(app, d, |w| Ok(w.write(bytes.clone())?))?;
             }
-            app.store.link(&target.name, d).map_err(|e| e.to_string())?;
+            app.store.link(&target.name, d)?;
         }
         put_node(app, target, &c.node)?;
     }
@@ -345,10 +353,7 @@ fn store_evidence(
     let mut before = Vec::new();
     for c in carried {
         if let Some(tag) = &c.tag {
-            let held = app
-                .store
-                .tag(&target.name, tag)
-                .map_err(|e| e.to_string())?;
+            let held = app.store.tag(&target.name, tag)?;
             before.push((tag.clone(), held));
             put_tag(app, target, tag, &c.node.digest, &c.node.doc.media_type)?;
         }
@@ -361,26 +366,22 @@ fn restore_tags(
     app: &App,
     target: &Target,
     before: Vec<(String, Option<TagRecord>)>,
-) -> Result<(), String> {
+) -> Result<(), AirgapError> {
     for (tag, held) in before {
         match held {
             Some(record) => app.store.put_tag(&target.name, &tag, &record),
             None => app.store.delete_tag(&target.name, &tag),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
     }
     Ok(())
 }
 
-fn put_node(app: &App, target: &Target, n: &Node) -> Result<(), String> {
+fn put_node(app: &App, target: &Target, n: &Node) -> Result<(), AirgapError> {
     let mut refs = n.blobs.clone();
     refs.extend(n.children.iter().cloned());
     app.store
-        .put_manifest(&n.digest, &n.doc.media_type, &n.bytes, &refs)
-        .map_err(|e| e.to_string())?;
-    app.store
-        .link(&target.name, &n.digest)
-        .map_err(|e| e.to_string())
+        .put_manifest(&n.digest, &n.doc.media_type, &n.bytes, &refs)?;
+    Ok(app.store.link(&target.name, &n.digest)?)
 }
 
 fn put_tag(
@@ -389,15 +390,13 @@ fn put_tag(
     tag: &str,
     digest: &Digest,
     media_type: &str,
-) -> Result<(), String> {
+) -> Result<(), AirgapError> {
     let record = TagRecord {
         digest: digest.to_string(),
         media_type: media_type.to_owned(),
         fetched_at_ms: now_ms(),
     };
-    app.store
-        .put_tag(&target.name, tag, &record)
-        .map_err(|e| e.to_string())
+    Ok(app.store.put_tag(&target.name, tag, &record)?)
 }
 
 fn node(
@@ -405,14 +404,18 @@ fn node(
     digest: &Digest,
     media_type: Option<&str>,
     max: u64,
-) -> Result<Node, String> {
+) -> Result<Node, AirgapError> {
     let bytes = layout.read_verified(digest, max)?;
-    let doc = Document::parse(&bytes, media_type).map_err(|e| format!("manifest {digest}: {e}"))?;
+    let invalid = |source| AirgapError::Manifest {
+        digest: digest.clone(),
+        source,
+    };
+    let doc = Document::parse(&bytes, media_type).map_err(invalid)?;
     let refs = |rs: Vec<Reference>| rs.into_iter().map(|r| r.digest).collect();
     Ok(Node {
         digest: digest.clone(),
-        blobs: refs(doc.blobs().map_err(|e| e.to_string())?),
-        children: refs(doc.children().map_err(|e| e.to_string())?),
+        blobs: refs(doc.blobs().map_err(invalid)?),
+        children: refs(doc.children().map_err(invalid)?),
         doc,
         bytes,
     })
@@ -421,16 +424,16 @@ fn node(
 fn write_blob(
     app: &App,
     digest: &Digest,
-    fill: impl FnOnce(&mut portcullis_cache::BlobWriter) -> Result<(), String>,
-) -> Result<(), String> {
-    let mut w = app
-        .store
-        .blob_writer(digest, None)
-        .map_err(|e| e.to_string())?;
+    fill: impl FnOnce(&mut portcullis_cache::BlobWriter) -> Result<(), AirgapError>,
+) -> Result<(), AirgapError> {
+    let mut w = app.store.blob_writer(digest, None)?;
     fill(&mut w)?;
     w.commit()
         .map(|_| ())
-        .map_err(|e| format!("blob {digest}: {e}"))
+        .map_err(|source| AirgapError::Commit {
+            digest: digest.clone(),
+            source,
+        })
 }
 
 /// Bytes and images, on a terminal only; quiet in logs.

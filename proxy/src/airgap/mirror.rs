@@ -8,17 +8,18 @@ use portcullis_cache::Digest;
 use portcullis_policy::{Decision, NameDecision};
 
 use super::export::export;
+use super::AirgapError;
 use crate::app::App;
 use crate::content::{self, Accept};
 use crate::fetch::Progress;
 use crate::gate;
-use crate::oci::{cosign, Document};
+use crate::oci::{cosign, Document, Reference};
 use crate::route::split_tag;
 use crate::route::Target;
 use crate::upstream::read_limited;
 
 /// Pulls, verifies and exports; one line per image, and whether all passed.
-pub async fn mirror(app: &App, out: &Path) -> Result<(Vec<String>, bool), String> {
+pub async fn mirror(app: &App, out: &Path) -> Result<(Vec<String>, bool), AirgapError> {
     let mut lines = Vec::new();
     let mut passed = Vec::new();
     let mut all_ok = true;
@@ -54,17 +55,20 @@ pub async fn mirror(app: &App, out: &Path) -> Result<(Vec<String>, bool), String
 }
 
 /// `registry/repo:v1.*`: a glob over the repository's tags, listed upstream.
-async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
+async fn expand(app: &App, image: &str) -> Result<Vec<String>, AirgapError> {
     let (repo, tag) = split_tag(image).unwrap_or((image, "latest"));
     if !tag.contains(['*', '?', '[']) {
         return Ok(vec![image.to_owned()]);
     }
     let glob = globset::Glob::new(tag)
-        .map_err(|e| format!("bad tag glob {tag:?}: {e}"))?
+        .map_err(|source| AirgapError::Glob {
+            glob: tag.to_owned(),
+            source,
+        })?
         .compile_matcher();
-    let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
+    let target = app.router.route(repo, None)?;
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
-        return Err(why);
+        return Err(AirgapError::Denied(why));
     }
     let up = &target.upstream;
     let resp = up
@@ -74,25 +78,21 @@ async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
             "tags/list",
             Some("application/json"),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if !resp.status().is_success() {
-        return Err(format!(
-            "{} answered {} for the tags of {}",
-            up.name,
-            resp.status(),
-            target.name
-        ));
+        return Err(AirgapError::TagList {
+            upstream: up.name.clone(),
+            status: resp.status(),
+            name: target.name.clone(),
+        });
     }
-    let body = read_limited(resp.into_body(), 8 << 20, up.read_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let body = read_limited(resp.into_body(), 8 << 20, up.read_timeout).await?;
     #[derive(serde::Deserialize)]
     struct Tags {
         #[serde(default)]
         tags: Option<Vec<String>>,
     }
-    let tags: Tags = serde_json::from_slice(&body).map_err(|e| format!("tag list: {e}"))?;
+    let tags: Tags = serde_json::from_slice(&body).map_err(AirgapError::TagListJson)?;
     let found: Vec<String> = tags
         .tags
         .unwrap_or_default()
@@ -101,66 +101,68 @@ async fn expand(app: &App, image: &str) -> Result<Vec<String>, String> {
         .map(|t| format!("{repo}:{t}"))
         .collect();
     if found.is_empty() {
-        return Err(format!("no tag of {} matches {tag:?}", target.name));
+        return Err(AirgapError::NoTagMatches {
+            name: target.name.clone(),
+            glob: tag.to_owned(),
+        });
     }
     Ok(found)
 }
 
-async fn pull(app: &App, image: &str) -> Result<String, String> {
+async fn pull(app: &App, image: &str) -> Result<String, AirgapError> {
     let (repo, tag) = split_tag(image).unwrap_or((image, "latest"));
-    let target = app.router.route(repo, None).map_err(|e| e.to_string())?;
+    let target = app.router.route(repo, None)?;
     if let NameDecision::Refused(why) = app.policy.names.check(&target.name) {
-        return Err(why);
+        return Err(AirgapError::Denied(why));
     }
-    let (digest, manifest, _) = content::resolve_tag(app, &target, tag, &Accept::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let verdict = gate::verdict(app, &target, &digest)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (digest, manifest, _) = content::resolve_tag(app, &target, tag, &Accept::default()).await?;
+    let verdict = gate::verdict(app, &target, &digest).await?;
     if verdict.decision == Decision::Deny {
-        return Err(verdict.message.clone());
+        return Err(AirgapError::Denied(verdict.message.clone()));
     }
     let doc = read(&manifest, &digest)?;
-    gate::enforce(app, &target, &digest, &doc, &verdict).map_err(|e| e.to_string())?;
-    for child in doc.children().map_err(|e| e.to_string())? {
+    gate::enforce(app, &target, &digest, &doc, &verdict)?;
+    for child in children(&doc, &digest)? {
         let child = child.digest;
-        let (m, _) = content::by_digest(app, &target, &child, &Accept::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let v = gate::verdict(app, &target, &child)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (m, _) = content::by_digest(app, &target, &child, &Accept::default()).await?;
+        let v = gate::verdict(app, &target, &child).await?;
         let child_doc = read(&m, &child)?;
-        gate::enforce(app, &target, &child, &child_doc, &v).map_err(|e| e.to_string())?;
-        for b in child_doc.blobs().map_err(|e| e.to_string())? {
+        gate::enforce(app, &target, &child, &child_doc, &v)?;
+        for b in blobs(&child_doc, &child)? {
             blob(app, &target, &b.digest, b.size).await?;
         }
     }
-    for b in doc.blobs().map_err(|e| e.to_string())? {
+    for b in blobs(&doc, &digest)? {
         blob(app, &target, &b.digest, b.size).await?;
     }
     Ok(format!("{}:{tag}", target.name))
 }
 
-fn read(m: &portcullis_cache::Manifest, digest: &Digest) -> Result<Document, String> {
-    Document::parse(&m.bytes, Some(&m.media_type)).map_err(|e| format!("manifest {digest}: {e}"))
+fn read(m: &portcullis_cache::Manifest, digest: &Digest) -> Result<Document, AirgapError> {
+    Document::parse(&m.bytes, Some(&m.media_type)).map_err(invalid(digest))
+}
+
+fn children(doc: &Document, digest: &Digest) -> Result<Vec<Reference>, AirgapError> {
+    doc.children().map_err(invalid(digest))
+}
+
+fn blobs(doc: &Document, digest: &Digest) -> Result<Vec<Reference>, AirgapError> {
+    doc.blobs().map_err(invalid(digest))
+}
+
+fn invalid(digest: &Digest) -> impl FnOnce(crate::oci::Invalid) -> AirgapError + '_ {
+    move |source| AirgapError::Manifest {
+        digest: digest.clone(),
+        source,
+    }
 }
 
 /// Fetches a blob through the single-flight path and waits until the store holds it.
-async fn blob(app: &App, target: &Target, digest: &Digest, size: u64) -> Result<(), String> {
-    if app
-        .store
-        .has_blob(digest)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
+async fn blob(app: &App, target: &Target, digest: &Digest, size: u64) -> Result<(), AirgapError> {
+    if app.store.has_blob(digest)?.is_some() {
         return Ok(());
     }
-    let (flight, _) = app
-        .flights
-        .join(&app.store, target, digest, size)
-        .map_err(|e| e.to_string())?;
+    let (flight, _) = app.flights.join(&app.store, target, digest, size)?;
     let mut progress = flight.progress.clone();
     let state = progress
         .wait_for(|p| {
@@ -173,10 +175,10 @@ async fn blob(app: &App, target: &Target, digest: &Digest, size: u64) -> Result<
             )
         })
         .await
-        .map_err(|_| "blob fetch vanished".to_owned())?
+        .map_err(|_| AirgapError::FetchVanished(digest.clone()))?
         .clone();
     match state {
-        Progress::Failed(e) => Err(e.to_string()),
+        Progress::Failed(e) => Err(AirgapError::Proxy((*e).clone())),
         _ => Ok(()),
     }
 }

@@ -28,6 +28,23 @@ pub enum Material {
     Config,
 }
 
+/// Why a blob is not the verification material it is listed as.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialError {
+    #[error(transparent)]
+    Ambiguous(#[from] strict::Ambiguity),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("no {0:?}")]
+    Missing(&'static str),
+    #[error("bundle mediaType {0:?}")]
+    BundleMediaType(String),
+    #[error("neither {{}} nor a cosign config: {0}")]
+    Config(#[source] serde_json::Error),
+    #[error("its rootfs.diff_ids are not the artifact's own layers")]
+    DiffIds,
+}
+
 /// A manifest that carries only verification material, and the manifest it speaks for.
 #[derive(Debug, Clone)]
 pub struct EvidenceArtifact {
@@ -49,8 +66,8 @@ impl Material {
 
     /// Checks that `bytes` parse as this material, read strictly: a JSON object of the right
     /// shape, which no runtime would unpack.
-    pub fn check(self, bytes: &[u8]) -> Result<(), String> {
-        let (fields, required): (Fields, &[&str]) = match self {
+    pub fn check(self, bytes: &[u8]) -> Result<(), MaterialError> {
+        let (fields, required): (Fields, &[&'static str]) = match self {
             Material::SimpleSigning => (
                 Fields {
                     names: &["critical", "optional", "identity", "image", "type"],
@@ -80,17 +97,17 @@ impl Material {
                 &[],
             ),
         };
-        let raw = strict::check(bytes, fields).map_err(|e| e.to_string())?;
+        let raw = strict::check(bytes, fields)?;
         if !raw.is_object() {
-            return Err("not a JSON object".into());
+            return Err(MaterialError::NotObject);
         }
-        if let Some(missing) = required.iter().find(|k| raw.get(k).is_none()) {
-            return Err(format!("no {missing:?}"));
+        if let Some(missing) = required.iter().copied().find(|k| raw.get(k).is_none()) {
+            return Err(MaterialError::Missing(missing));
         }
         if self == Material::Bundle {
             let mt = raw.get("mediaType").and_then(|v| v.as_str()).unwrap_or("");
             if !mt.starts_with(BUNDLE_MEDIA_TYPE_PREFIX) {
-                return Err(format!("bundle mediaType {mt:?}"));
+                return Err(MaterialError::BundleMediaType(mt.to_owned()));
             }
         }
         Ok(())
@@ -99,7 +116,7 @@ impl Material {
 
 impl EvidenceArtifact {
     /// Checks that `bytes`, a blob of this artifact, are the `material` it is listed as.
-    pub fn check(&self, material: Material, bytes: &[u8]) -> Result<(), String> {
+    pub fn check(&self, material: Material, bytes: &[u8]) -> Result<(), MaterialError> {
         material.check(bytes)?;
         if material != Material::Config || bytes == b"{}" {
             return Ok(());
@@ -112,11 +129,10 @@ impl EvidenceArtifact {
         struct RootFs {
             diff_ids: Vec<String>,
         }
-        let config: Config = serde_json::from_slice(bytes)
-            .map_err(|e| format!("neither {{}} nor a cosign config: {e}"))?;
+        let config: Config = serde_json::from_slice(bytes).map_err(MaterialError::Config)?;
         let layers = self.blobs.iter().skip(1).map(|(r, _)| r.digest.to_string());
         if !config.rootfs.diff_ids.iter().cloned().eq(layers) {
-            return Err("its rootfs.diff_ids are not the artifact's own layers".into());
+            return Err(MaterialError::DiffIds);
         }
         Ok(())
     }
