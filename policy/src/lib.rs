@@ -52,7 +52,7 @@ pub use config::{
 pub use names::{
     compile_globs, DefaultAction, GlobError, NameDecision, NamePolicy, NamePolicyConfig,
 };
-pub use pins::{PinSet, PinsError};
+pub use pins::{split_key as split_pins_key, PinSet, PinsError};
 pub use rules::{
     AttestationResult, AuthorityResult, Decision, FoundAttestation, Rule, RuleError, RuleResult,
     Verdict,
@@ -173,6 +173,14 @@ impl Policy {
             .iter()
             .find(|(_, set)| set.contains(name, digest))
             .map(|(n, _)| n.as_str())
+    }
+
+    /// The digest `name:tag` was last pinned at (in the first set that pins the tag), if any.
+    pub fn tag_pin(&self, name: &str, tag: &str) -> Option<&str> {
+        self.trust
+            .pins
+            .values()
+            .find_map(|set| set.for_tag(name, tag))
     }
 
     /// The pins sets by name: what `portcullis pin` edits and checks.

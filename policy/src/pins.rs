@@ -4,6 +4,10 @@
 //! A pins file is TOML: `"docker.io/library/alpine" = ["sha256:…", …]`, one array per
 //! `registry/repository`, with comments saying who pinned what and when (`portcullis pin`
 //! writes them). A pin vouches for that exact digest under that exact name; nothing else.
+//! A key may name a tag too (`"docker.io/library/alpine:3.20" = [...]`, what `portcullis pin`
+//! writes for a tag): its digests vouch for the name like any pin, and the last one is what
+//! the tag is expected to point at (an `immutable_tags` rule follows it, and only it, so that
+//! a tag moved back to an older reviewed digest is still a move).
 //! A missing file is an empty set, so that a configuration can name the file before the first
 //! pin (an empty set vouches for nothing: it fails closed).
 
@@ -22,18 +26,19 @@ pub enum PinsError {
     TooLarge,
     #[error("not UTF-8: {0}")]
     NotUtf8(#[source] std::str::Utf8Error),
-    #[error("not a pins file (\"registry/repository\" = [\"sha256:…\"]): {0}")]
+    #[error("not a pins file (\"registry/repository[:tag]\" = [\"sha256:…\"]): {0}")]
     Toml(#[source] Box<toml::de::Error>),
-    #[error("{0:?} is not a registry/repository name (e.g. \"docker.io/library/alpine\", no tag or digest)")]
+    #[error("{0:?} is not a registry/repository[:tag] name (e.g. \"docker.io/library/alpine\" or \"docker.io/library/alpine:3.20\", no digest)")]
     Name(String),
     #[error("{name:?}: {digest:?} is not a sha256 digest (sha256: and 64 lowercase hex digits)")]
     Digest { name: String, digest: String },
 }
 
-/// One set of pins: digests by image name.
+/// One set of pins: digests by image name, and the latest pin of each pinned tag.
 #[derive(Debug, Clone, Default)]
 pub struct PinSet {
     by_name: BTreeMap<String, BTreeSet<String>>,
+    by_tag: BTreeMap<(String, String), String>,
 }
 
 impl PinSet {
@@ -54,21 +59,25 @@ impl PinSet {
     pub fn parse(text: &str) -> Result<PinSet, PinsError> {
         let table: BTreeMap<String, Vec<String>> =
             toml::from_str(text).map_err(|e| PinsError::Toml(Box::new(e)))?;
-        let mut by_name = BTreeMap::new();
-        for (name, digests) in table {
-            if !is_name(&name) {
-                return Err(PinsError::Name(name));
+        let mut pins = PinSet::default();
+        for (key, digests) in table {
+            let (name, tag) = split_key(&key)?;
+            if let Some(d) = digests.iter().find(|d| !is_digest(d)) {
+                return Err(PinsError::Digest {
+                    name: key.clone(),
+                    digest: d.clone(),
+                });
             }
-            let mut set = BTreeSet::new();
-            for d in digests {
-                if !is_digest(&d) {
-                    return Err(PinsError::Digest { name, digest: d });
-                }
-                set.insert(d);
+            if let (Some(tag), Some(last)) = (tag, digests.last()) {
+                pins.by_tag
+                    .insert((name.to_owned(), tag.to_owned()), last.clone());
             }
-            by_name.insert(name, set);
+            pins.by_name
+                .entry(name.to_owned())
+                .or_default()
+                .extend(digests);
         }
-        Ok(PinSet { by_name })
+        Ok(pins)
     }
 
     /// Whether `digest` is pinned for exactly `name`.
@@ -76,18 +85,18 @@ impl PinSet {
         self.by_name.get(name).is_some_and(|s| s.contains(digest))
     }
 
-    /// Every pin: name and digest.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.by_name
-            .iter()
-            .flat_map(|(n, ds)| ds.iter().map(move |d| (n.as_str(), d.as_str())))
+    /// The digest `name:tag` was last pinned at, if it was pinned by tag.
+    pub fn for_tag(&self, name: &str, tag: &str) -> Option<&str> {
+        self.by_tag
+            .get(&(name.to_owned(), tag.to_owned()))
+            .map(String::as_str)
     }
 }
 
-/// A normalised `registry/repository`: what the proxy matches rules against. A pin on a name
-/// that can never match (a tag or digest in it, upper case, no registry) is a mistake to report,
-/// not a pin to ignore.
-fn is_name(name: &str) -> bool {
+/// A pins key: a normalised `registry/repository` (what the proxy matches rules against), with
+/// an optional `:tag`. A pin on a name that can never match (a digest in it, upper case, no
+/// registry) is a mistake to report, not a pin to ignore.
+pub fn split_key(key: &str) -> Result<(&str, Option<&str>), PinsError> {
     let segment = |seg: &str| {
         !seg.is_empty()
             && seg
@@ -98,9 +107,24 @@ fn is_name(name: &str) -> bool {
         let (h, port) = host.split_once(':').unwrap_or((host, "0"));
         segment(h) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
     };
-    match name.split_once('/') {
-        Some((host, repo)) => registry(host) && repo.split('/').all(segment),
-        None => false,
+    // Distribution's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+    let tag_ok = |t: &str| {
+        (1..=128).contains(&t.len())
+            && !t.starts_with(['.', '-'])
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    let bad = || PinsError::Name(key.to_owned());
+    let (host, rest) = key.split_once('/').ok_or_else(bad)?;
+    let (repo, tag) = match rest.rsplit_once(':') {
+        Some((repo, tag)) => (repo, Some(tag)),
+        None => (rest, None),
+    };
+    let name_len = host.len() + 1 + repo.len();
+    if registry(host) && repo.split('/').all(segment) && tag.is_none_or(tag_ok) {
+        Ok((&key[..name_len], tag))
+    } else {
+        Err(bad())
     }
 }
 
@@ -135,7 +159,7 @@ mod tests {
     fn malformed_pins_are_errors() {
         for bad in [
             format!("\"alpine\" = [\"{A}\"]"),
-            format!("\"docker.io/library/alpine:3.20\" = [\"{A}\"]"),
+            format!("\"docker.io/library/alpine:.x\" = [\"{A}\"]"),
             format!("\"docker.io/library/alpine@{A}\" = [\"{A}\"]"),
             format!("\"docker.io:x/library/alpine\" = [\"{A}\"]"),
             format!("\"docker.io/Library/alpine\" = [\"{A}\"]"),
@@ -145,6 +169,22 @@ mod tests {
         ] {
             assert!(PinSet::parse(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tag_key_pins_for_the_name_and_its_last_digest_is_the_tag_s() {
+        let b = format!("sha256:{}", "b".repeat(64));
+        let p = PinSet::parse(&format!(
+            "\"127.0.0.1:5000/library/alpine:3.20\" = [\"{A}\", \"{b}\"]\n"
+        ))
+        .unwrap();
+        assert!(p.contains("127.0.0.1:5000/library/alpine", A));
+        assert!(p.contains("127.0.0.1:5000/library/alpine", &b));
+        assert_eq!(
+            p.for_tag("127.0.0.1:5000/library/alpine", "3.20"),
+            Some(b.as_str())
+        );
+        assert_eq!(p.for_tag("127.0.0.1:5000/library/alpine", "3.21"), None);
     }
 
     #[test]

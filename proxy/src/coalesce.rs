@@ -30,12 +30,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Coalesce<K, V> {
         Fut: Future<Output = Result<V, E>>,
     {
         let cell = Arc::clone(self.lock().entry(key.clone()).or_default());
-        let out = cell.get_or_try_init(work).await.cloned();
-        let mut running = self.lock();
-        if running.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            running.remove(&key);
-        }
-        out
+        // Leaves the map however this call ends, a dropped (cancelled) request included: keys
+        // come from clients, and an entry left behind would stay for good.
+        let ours = Leave {
+            owner: self,
+            key,
+            cell,
+        };
+        ours.cell.get_or_try_init(work).await.cloned()
     }
 
     /// How many keys are being worked on (for tests and metrics).
@@ -50,6 +52,27 @@ impl<K: Hash + Eq + Clone, V: Clone> Coalesce<K, V> {
     // A panic elsewhere while the map is held leaves it consistent (every change is one call).
     fn lock(&self) -> MutexGuard<'_, HashMap<K, Arc<OnceCell<V>>>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Leave<'a, K: Hash + Eq + Clone, V: Clone> {
+    owner: &'a Coalesce<K, V>,
+    key: K,
+    cell: Arc<OnceCell<V>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Leave<'_, K, V> {
+    fn drop(&mut self) {
+        let mut running = self.owner.lock();
+        let ours = running
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Done: later callers find the value where the work left it. Not done (failed, or
+        // cancelled): the entry stays only for callers still waiting on it (the map's reference
+        // and ours are the two others), one of whom does the work next and then removes it.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            running.remove(&self.key);
+        }
     }
 }
 
@@ -78,6 +101,16 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(c.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_leaves_nothing_behind() {
+        let c: Coalesce<u32, u32> = Coalesce::default();
+        for key in 0..100 {
+            let never = c.run(key, std::future::pending::<Result<u32, ()>>);
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(1), never).await;
+        }
+        assert!(c.is_empty(), "{} keys left behind", c.len());
     }
 
     #[tokio::test]

@@ -2,9 +2,10 @@
 //! list pins whose tag now points elsewhere.
 //!
 //! The tag is resolved the way a pull resolves it (through [`content`], on a throw-away cache
-//! like `verify`), so what is pinned is what a pull would be served. The file is edited in
-//! place with its comments kept; each new digest gets a comment saying which tag it came from,
-//! who pinned it and when, which `--check` reads back.
+//! like `verify`), so what is pinned is what a pull would be served. A tag is pinned under
+//! `"registry/repo:tag"` (its last digest is what the tag should point at, which `--check` and
+//! `immutable_tags` follow), a digest under `"registry/repo"`. The file is edited in place with
+//! its comments kept; each new digest gets a comment saying who pinned it, when, and from what.
 
 use std::path::{Path, PathBuf};
 
@@ -100,21 +101,30 @@ pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<S
             format!(" (an index: {})", r.platforms.join(", "))
         }
     )];
+    let key = match tag {
+        Some(t) => format!("{}:{t}", r.name),
+        None => r.name.clone(),
+    };
     let mut doc = read(&path)?;
     let entry = doc
-        .entry(&r.name)
+        .entry(&key)
         .or_insert_with(|| Item::Value(Value::Array(Array::new())));
     let array = entry.as_array_mut().ok_or_else(|| PinError::NotArray {
         path: path.clone(),
-        name: r.name.clone(),
+        name: key.clone(),
     })?;
-    if array.iter().any(|v| v.as_str() == Some(r.digest.as_str())) {
-        out.push(format!(
-            "already pinned for {} in {}",
-            r.name,
-            path.display()
-        ));
+    let last = array.iter().last().and_then(|v| v.as_str());
+    if last == Some(r.digest.as_str()) {
+        out.push(format!("already pinned as {key} in {}", path.display()));
         return Ok(out);
+    }
+    // Pinned before, and since moved on: the tag goes back to it only because a person said so
+    // again, so it becomes the last (the tag's) pin once more.
+    let earlier = array
+        .iter()
+        .position(|v| v.as_str() == Some(r.digest.as_str()));
+    if let Some(i) = earlier {
+        array.remove(i);
     }
     let mut value = Value::from(r.digest.as_str());
     value
@@ -125,44 +135,35 @@ pub async fn pin(config: Config, image: &str, set: Option<&str>) -> Result<Vec<S
     array.set_trailing_comma(true);
     write(&path, &doc.to_string())?;
     out.push(format!(
-        "pinned {}@{} in {}",
-        r.name,
+        "pinned {key} at {} in {}",
         r.digest,
         path.display()
     ));
     Ok(out)
 }
 
-/// Every pin whose recorded tag now resolves to another digest (not itself pinned): the lines
-/// to print, and whether all pins still match.
+/// Every tag pin whose tag now resolves to another digest than its last pin: the lines to
+/// print, and whether all are still where they were pinned.
 pub async fn check(config: Config, set: Option<&str>) -> Result<(Vec<String>, bool), PinError> {
     let path = pins_path(&config, set)?;
     let doc = read(&path)?;
     let mut wanted = Vec::new();
-    for (name, item) in doc.iter() {
-        let Some(array) = item.as_array() else {
+    for (key, item) in doc.iter() {
+        let (Ok((_, Some(_))), Some(array)) =
+            (portcullis_policy::split_pins_key(key), item.as_array())
+        else {
             continue;
         };
-        let pinned: Vec<String> = array
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
-        for v in array.iter() {
-            if let (Some(digest), Some(tag)) = (v.as_str(), recorded_tag(v)) {
-                wanted.push((name.to_owned(), tag, digest.to_owned(), pinned.clone()));
-            }
+        if let Some(last) = array.iter().last().and_then(|v| v.as_str()) {
+            wanted.push((key.to_owned(), last.to_owned()));
         }
     }
     with_scratch(config, |app| async move {
         let mut lines = Vec::new();
         let mut all_current = true;
-        for (name, tag, digest, pinned) in wanted {
-            let image = format!("{name}:{tag}");
+        for (image, digest) in wanted {
             match resolve(&app, &image).await {
                 Ok(r) if r.digest == digest => lines.push(format!("{image}: {digest} (current)")),
-                Ok(r) if pinned.contains(&r.digest) => {
-                    lines.push(format!("{image}: now {} (also pinned)", r.digest))
-                }
                 Ok(r) => {
                     all_current = false;
                     lines.push(format!(
@@ -181,7 +182,7 @@ pub async fn check(config: Config, set: Option<&str>) -> Result<(Vec<String>, bo
     .await
 }
 
-/// The pins comment: the tag it came from (read back by `--check`), who, when, platforms.
+/// The pins comment: where the digest came from, who, when, platforms.
 fn comment(tag: Option<&str>, platforms: &[String]) -> String {
     let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -194,15 +195,6 @@ fn comment(tag: Option<&str>, platforms: &[String]) -> String {
         c.push_str(&format!(" ({})", platforms.join(", ")));
     }
     c
-}
-
-/// The tag a pin's comment records (`# tag <tag>, …`).
-fn recorded_tag(v: &Value) -> Option<String> {
-    let prefix = v.decor().prefix()?.as_str()?;
-    prefix.lines().rev().find_map(|l| {
-        let rest = l.trim().strip_prefix("# tag ")?;
-        Some(rest.split(',').next()?.trim().to_owned())
-    })
 }
 
 fn pins_path(config: &Config, set: Option<&str>) -> Result<PathBuf, PinError> {

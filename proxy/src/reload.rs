@@ -1,7 +1,7 @@
 //! Hot reload: SIGHUP, or a change of the config file or of a file it names (TLS certificates,
-//! the users file, trust keys, `trusted_root.json` and pins files; polled), builds a new
-//! [`App`](crate::App) on the same cache and swaps it in. A configuration that fails validation is rejected
-//! with a log line, and the one in force stays.
+//! the users file, trust keys, `trusted_root.json` and pins files, the `[attest]` key; polled),
+//! builds a new [`App`](crate::App) on the same cache and swaps it in. A configuration that fails
+//! validation is rejected with a log line, and the one in force stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,6 +108,11 @@ fn stamps(state: &State, path: Option<&Path>) -> Vec<Option<(SystemTime, u64)>> 
         .chain(c.trust.keys.iter().map(|k| k.path.as_path()))
         .chain(c.trust.roots.iter().map(|r| r.trusted_root.as_path()))
         .chain(c.trust.pins.iter().map(|p| p.path.as_path()))
+        .chain(
+            c.attest
+                .iter()
+                .flat_map(|a| std::iter::once(a.key.as_path()).chain(a.password_file.as_deref())),
+        )
         .map(|p| {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len()))

@@ -142,7 +142,7 @@ async fn an_unsigned_image_passes_only_by_a_reviewed_pin() {
     assert!(text(&out).contains(&reviewed), "{}", text(&out));
     let pins = std::fs::read_to_string(w.pins()).unwrap();
     assert!(
-        pins.contains(&format!("\"{host}/library/alpine\"")),
+        pins.contains(&format!("\"{host}/library/alpine:3.20\"")),
         "{pins}"
     );
     assert!(pins.contains(&reviewed), "{pins}");
@@ -320,12 +320,55 @@ async fn a_moved_tag_is_logged_counted_and_refused_when_immutable() {
     let r = manifest(&p, "locked/app", "v1").await;
     assert_eq!(r.status, 403, "after a restart: {}", message(&r));
 
-    // A pin of the new digest says otherwise: the tag follows it.
-    let out = w.pin(&p, &[&format!("{host}/locked/app@{moved}")]);
+    // A pin of the tag at the new digest says otherwise: the tag follows it.
+    let out = w.pin(&p, &[&format!("{host}/locked/app:v1")]);
     assert!(out.status.success(), "{}", text(&out));
     let r = until_status(&p, "locked/app", "v1", 200).await;
     assert_eq!(r.status, 200, "{}\n{}", message(&r), p.log_contents());
     assert_eq!(r.header("docker-content-digest"), Some(moved.as_str()));
+
+    // Moved back upstream to the first digest, which was served verified before: still a move,
+    // refused, since the tag's pin is what it must point at now.
+    assert_eq!(w.push(Image::Small, "locked/app:v1"), first);
+    let r = manifest(&p, "locked/app", "v1").await;
+    assert_eq!(r.status, 403, "a rollback: {}", message(&r));
+    assert!(
+        message(&r).contains(&format!("is pinned at {moved}")),
+        "{}",
+        message(&r)
+    );
+}
+
+/// A rule in warn mode that fails (here: an attestation nobody made) softens the verdict to
+/// "served with a warning"; the immutable rule beside it must still hold the tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_warn_rule_does_not_switch_the_immutable_rule_off() {
+    let w = World::new();
+    let host = w.host();
+    let key = CosignKey::generate();
+    key.write_public(&w.work.join("release.pub"));
+    let first = w.push(Image::Small, "mixed/app:v1");
+    sign(&w, &key, "mixed/app", &first);
+    let images = [format!("{host}/mixed/**")];
+    let images: Vec<&str> = images.iter().map(String::as_str).collect();
+    let config = w
+        .config()
+        .trust_key("release", &w.work.join("release.pub"))
+        .rule(Rule::new("locked", &images).key("release").immutable_tags())
+        .rule(
+            Rule::new("sbom", &images)
+                .mode(portcullis_policy::Mode::Warn)
+                .key("release")
+                .attestation("https://spdx.dev/Document", &[], &[]),
+        );
+    let p = Proxy::start(Path::new(BIN), &w.work.join("p"), &config);
+    let r = manifest(&p, "mixed/app", "v1").await;
+    assert_eq!(r.status, 200, "{}", message(&r));
+    let moved = w.push(Image::Big, "mixed/app:v1");
+    sign(&w, &key, "mixed/app", &moved);
+    let r = manifest(&p, "mixed/app", "v1").await;
+    assert_eq!(r.status, 403, "{}", message(&r));
+    assert!(message(&r).contains("immutable"), "{}", message(&r));
 }
 
 #[tokio::test(flavor = "multi_thread")]

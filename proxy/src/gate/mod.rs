@@ -212,7 +212,11 @@ pub fn verified(verdict: &Verdict) -> bool {
         .rules
         .iter()
         .any(|r| !r.passed && r.mode == portcullis_policy::Mode::Audit);
-    verdict.decision == Decision::Allow && !verdict.rules.is_empty() && !audited
+    // A base image that failed under an audit-mode `verify_base` leaves the decision at Allow;
+    // the image is served, but it did not pass.
+    let base_failed = std::iter::successors(verdict.base.as_deref(), |b| b.base.as_deref())
+        .any(|b| b.decision == Decision::Deny);
+    verdict.decision == Decision::Allow && !verdict.rules.is_empty() && !audited && !base_failed
 }
 
 fn count(app: &App, verdict: &Verdict) {
