@@ -13,7 +13,7 @@ use sigstore_verify::types::{dsse::pae, Bundle};
 use x509_cert::der::{DecodePem, Encode};
 use x509_cert::Certificate;
 
-use crate::statement::Statement;
+use crate::statement::{Statement, StatementError};
 
 /// One layer of a `.att` manifest as the proxy fetched it.
 #[derive(Debug, Clone, Default)]
@@ -67,62 +67,84 @@ struct EntryKind {
     api_version: String,
 }
 
+/// Why a legacy attestation layer does not count (a reason in the verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum AttestationError {
+    #[error("attestation is not a DSSE envelope: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("DSSE payload is not base64: {0}")]
+    Payload(#[source] base64::DecodeError),
+    #[error(transparent)]
+    Statement(#[from] StatementError),
+    #[error("attestation signed by an unknown key")]
+    UnknownKey,
+    #[error("no certificate: a keyed attestation cannot satisfy a keyless authority")]
+    NoCertificate,
+    #[error("no Rekor bundle (SET) on the attestation")]
+    NoSet,
+    #[error("SET invalid: {0}")]
+    Set(#[source] serde_json::Error),
+    #[error("unreadable certificate: {0}")]
+    Certificate(#[source] x509_cert::der::Error),
+    #[error("SET invalid: body is not base64: {0}")]
+    SetBody(#[source] base64::DecodeError),
+    #[error("SET invalid: body is not a Rekor entry: {0}")]
+    SetEntry(#[source] serde_json::Error),
+    #[error("SET invalid: logID is not hex: {0}")]
+    LogId(#[source] hex::FromHexError),
+    #[error("attestation as a bundle: {0}")]
+    AsBundle(#[source] sigstore_verify::types::Error),
+}
+
 impl AttestationLayer {
-    pub(crate) fn envelope(&self) -> Result<Envelope, String> {
-        serde_json::from_slice(&self.envelope)
-            .map_err(|e| format!("attestation is not a DSSE envelope: {e}"))
+    pub(crate) fn envelope(&self) -> Result<Envelope, AttestationError> {
+        serde_json::from_slice(&self.envelope).map_err(AttestationError::Envelope)
     }
 
     /// The statement inside, bound to `digest`. Says nothing of who signed it.
-    pub fn statement(&self, digest: &str) -> Result<Statement, String> {
+    pub fn statement(&self, digest: &str) -> Result<Statement, AttestationError> {
         let env = self.envelope()?;
         let payload = STANDARD
             .decode(&env.payload)
-            .map_err(|e| format!("DSSE payload is not base64: {e}"))?;
+            .map_err(AttestationError::Payload)?;
         let s = Statement::parse(&env.payload_type, &payload)?;
         s.check_subject(digest)?;
         Ok(s)
     }
 
     /// Checks the envelope's signature over the PAE with `key`.
-    pub fn check_key(&self, key: &CosignVerificationKey) -> Result<(), String> {
+    pub fn check_key(&self, key: &CosignVerificationKey) -> Result<(), AttestationError> {
         let env = self.envelope()?;
         let payload = STANDARD
             .decode(&env.payload)
-            .map_err(|e| format!("DSSE payload is not base64: {e}"))?;
+            .map_err(AttestationError::Payload)?;
         let signed = pae(&env.payload_type, &payload);
         let ok = env.signatures.iter().any(|s| {
             STANDARD
                 .decode(&s.sig)
                 .is_ok_and(|sig| key.verify_signature(Signature::Raw(&sig), &signed).is_ok())
         });
-        ok.then_some(())
-            .ok_or_else(|| "attestation signed by an unknown key".to_owned())
+        ok.then_some(()).ok_or(AttestationError::UnknownKey)
     }
 
     /// The Sigstore bundle v0.1 equivalent to this keyless attestation.
-    pub fn as_bundle(&self) -> Result<Bundle, String> {
+    pub fn as_bundle(&self) -> Result<Bundle, AttestationError> {
         let cert_pem = self
             .certificate
             .as_deref()
-            .ok_or("no certificate: a keyed attestation cannot satisfy a keyless authority")?;
-        let set: SetBundle = serde_json::from_str(
-            self.bundle
-                .as_deref()
-                .ok_or("no Rekor bundle (SET) on the attestation")?,
-        )
-        .map_err(|e| format!("SET invalid: {e}"))?;
+            .ok_or(AttestationError::NoCertificate)?;
+        let set: SetBundle =
+            serde_json::from_str(self.bundle.as_deref().ok_or(AttestationError::NoSet)?)
+                .map_err(AttestationError::Set)?;
         let env = self.envelope()?;
         let cert = Certificate::from_pem(cert_pem.as_bytes())
             .and_then(|c| c.to_der())
-            .map_err(|e| format!("unreadable certificate: {e}"))?;
+            .map_err(AttestationError::Certificate)?;
         let body = STANDARD
             .decode(&set.payload.body)
-            .map_err(|e| format!("SET invalid: body is not base64: {e}"))?;
-        let kind: EntryKind = serde_json::from_slice(&body)
-            .map_err(|e| format!("SET invalid: body is not a Rekor entry: {e}"))?;
-        let log_id = hex::decode(&set.payload.log_id)
-            .map_err(|e| format!("SET invalid: logID is not hex: {e}"))?;
+            .map_err(AttestationError::SetBody)?;
+        let kind: EntryKind = serde_json::from_slice(&body).map_err(AttestationError::SetEntry)?;
+        let log_id = hex::decode(&set.payload.log_id).map_err(AttestationError::LogId)?;
         let raw = json!({
             "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.1",
             "verificationMaterial": {
@@ -142,6 +164,6 @@ impl AttestationLayer {
                 "signatures": env.signatures.iter().map(|s| json!({ "sig": s.sig, "keyid": "" })).collect::<Vec<_>>(),
             },
         });
-        Bundle::from_json(&raw.to_string()).map_err(|e| format!("attestation as a bundle: {e}"))
+        Bundle::from_json(&raw.to_string()).map_err(AttestationError::AsBundle)
     }
 }

@@ -3,6 +3,9 @@
 //! Sigstore bundles from the referrers. A key or identity is always checked on the same item as
 //! its binding to the image. Keyless checks are shared between authorities of one root, so each
 //! item is verified once per root, however many identities a policy names.
+//!
+//! The checks fail with typed errors (`BundleError`, `KeylessError`, `SignatureError`, …, each
+//! with its cause); here they become the reasons a verdict lists, as their messages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -71,6 +74,7 @@ pub(crate) struct Items<'e> {
     pub name: &'e str,
     pub digest: &'e str,
     evidence: &'e Evidence,
+    /// Parsed bundles, or why not (a reason).
     bundles: Vec<Result<Bundle, String>>,
     /// Keyless results by (root, item): verified once per root.
     memo: RefCell<HashMap<(String, Item), Checked>>,
@@ -92,7 +96,11 @@ impl<'e> Items<'e> {
             name,
             digest,
             evidence,
-            bundles: evidence.bundles.iter().map(|b| bundle::parse(b)).collect(),
+            bundles: evidence
+                .bundles
+                .iter()
+                .map(|b| bundle::parse(b).map_err(reason))
+                .collect(),
             memo: RefCell::default(),
         }
     }
@@ -234,19 +242,22 @@ impl Authority {
         match (&self.kind, item) {
             (Kind::Key(name), Item::Signature(i)) => {
                 let layer = &e.signatures[i];
-                layer.check_binding(digest)?;
-                layer.check_key(&trust.keys[name])?;
+                layer.check_binding(digest).map_err(reason)?;
+                layer.check_key(&trust.keys[name]).map_err(reason)?;
                 Ok((Content::Signature, format!("signed with key {name:?}")))
             }
             (Kind::Key(name), Item::Attestation(i)) => {
                 let layer = &e.attestations[i];
-                layer.check_key(&trust.keys[name])?;
-                let s = layer.statement(digest)?;
+                layer.check_key(&trust.keys[name]).map_err(reason)?;
+                let s = layer.statement(digest).map_err(reason)?;
                 Ok((Content::Statement(Arc::new(s)), format!("key {name:?}")))
             }
             (Kind::Key(name), Item::Bundle(i)) => {
                 let b = items.bundles[i].as_ref().map_err(Clone::clone)?;
-                let content = trust.keyed.verify(b, digest, &trust.key_der[name])?;
+                let content = trust
+                    .keyed
+                    .verify(b, digest, &trust.key_der[name])
+                    .map_err(reason)?;
                 Ok((content, format!("signed with key {name:?}")))
             }
             (Kind::Pinned(_), _) => Err("a pin vouches for no evidence".into()),
@@ -291,10 +302,16 @@ fn keyless_check(item: Item, items: &Items<'_>, trust: &TrustStore, root: &str) 
     match item {
         Item::Signature(i) => {
             let layer = &e.signatures[i];
-            layer.check_binding(items.digest)?;
-            Ok((keyless::verify(layer, root)?, Content::Signature))
+            layer.check_binding(items.digest).map_err(reason)?;
+            Ok((
+                keyless::verify(layer, root).map_err(reason)?,
+                Content::Signature,
+            ))
         }
-        Item::Attestation(i) => from_bundle(&e.attestations[i].as_bundle()?, items.digest, root),
+        Item::Attestation(i) => {
+            let b = e.attestations[i].as_bundle().map_err(reason)?;
+            from_bundle(&b, items.digest, root)
+        }
         Item::Bundle(i) => {
             let b = items.bundles[i].as_ref().map_err(Clone::clone)?;
             from_bundle(b, items.digest, root)
@@ -303,7 +320,12 @@ fn keyless_check(item: Item, items: &Items<'_>, trust: &TrustStore, root: &str) 
 }
 
 fn from_bundle(b: &Bundle, digest: &str, root: &crate::trust::Root) -> Checked {
-    let (cert, content) = root.bundles.verify_keyless(b, digest)?;
+    let (cert, content) = root.bundles.verify_keyless(b, digest).map_err(reason)?;
     let cert = Certificate::from_der(&cert).map_err(|e| format!("unreadable certificate: {e}"))?;
-    Ok((keyless::identity(&cert)?, content))
+    Ok((keyless::identity(&cert).map_err(reason)?, content))
+}
+
+/// A check's error as the reason the verdict gives: its message, which names its cause.
+fn reason(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }

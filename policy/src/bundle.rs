@@ -18,7 +18,7 @@ use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier}
 
 use std::sync::Arc;
 
-use crate::statement::Statement;
+use crate::statement::{Statement, StatementError};
 
 /// The media type prefix of every Sigstore bundle version.
 pub const MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
@@ -41,6 +41,34 @@ pub enum TrustedRootError {
     Parse(sigstore_verify::trust_root::Error),
     #[error(transparent)]
     Verifier(sigstore_verify::Error),
+}
+
+/// Why a bundle does not vouch for the image (a reason in the verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle is not UTF-8")]
+    NotUtf8,
+    #[error("not a Sigstore bundle: {0}")]
+    Parse(#[source] sigstore_verify::types::Error),
+    #[error("the bundle is signed with a key, not a certificate")]
+    KeySigned,
+    #[error("the bundle is signed with a certificate, not a key")]
+    CertificateSigned,
+    /// Boxed: sigstore-verify's error is large, and every failed bundle is a value here.
+    #[error("bundle invalid: {0}")]
+    Invalid(#[source] Box<sigstore_verify::Error>),
+    #[error("{0} is not a sha256 digest")]
+    NotSha256(String),
+    #[error("{digest}: {source}")]
+    Digest {
+        digest: String,
+        #[source]
+        source: sigstore_verify::types::Error,
+    },
+    #[error(transparent)]
+    Statement(#[from] StatementError),
+    #[error("unsupported bundle content")]
+    UnsupportedContent,
 }
 
 /// A trusted root's bundle verifier.
@@ -74,10 +102,10 @@ impl RootVerifier {
         &self,
         bundle: &Bundle,
         digest: &str,
-    ) -> Result<(Vec<u8>, Content), String> {
+    ) -> Result<(Vec<u8>, Content), BundleError> {
         let cert = bundle
             .signing_certificate()
-            .ok_or("the bundle is signed with a key, not a certificate")?
+            .ok_or(BundleError::KeySigned)?
             .as_bytes()
             .to_vec();
         let mut policy = VerificationPolicy::any_identity();
@@ -86,7 +114,7 @@ impl RootVerifier {
         }
         self.verifier
             .verify(artifact(digest)?, bundle, &policy)
-            .map_err(|e| format!("bundle invalid: {e}"))?;
+            .map_err(|e| BundleError::Invalid(Box::new(e)))?;
         Ok((cert, content(bundle, digest)?))
     }
 }
@@ -107,13 +135,13 @@ impl KeyedVerifier {
         bundle: &Bundle,
         digest: &str,
         key: &DerPublicKey,
-    ) -> Result<Content, String> {
+    ) -> Result<Content, BundleError> {
         if matches!(
             bundle.verification_material.content,
             VerificationMaterialContent::Certificate(_)
                 | VerificationMaterialContent::X509CertificateChain { .. }
         ) {
-            return Err("the bundle is signed with a certificate, not a key".into());
+            return Err(BundleError::CertificateSigned);
         }
         // A key authority names no log or TSA to check them against: drop the timestamps
         // (which would otherwise have to verify) and do not check the log's proofs. The log
@@ -126,27 +154,30 @@ impl KeyedVerifier {
         self.0
             .verifier
             .verify(artifact(digest)?, &bare, &policy)
-            .map_err(|e| format!("bundle invalid: {e}"))?;
+            .map_err(|e| BundleError::Invalid(Box::new(e)))?;
         content(bundle, digest)
     }
 }
 
 /// Parses a bundle's JSON.
-pub fn parse(raw: &[u8]) -> Result<Bundle, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "bundle is not UTF-8".to_owned())?;
-    Bundle::from_json(text).map_err(|e| format!("not a Sigstore bundle: {e}"))
+pub fn parse(raw: &[u8]) -> Result<Bundle, BundleError> {
+    let text = std::str::from_utf8(raw).map_err(|_| BundleError::NotUtf8)?;
+    Bundle::from_json(text).map_err(BundleError::Parse)
 }
 
-fn artifact(digest: &str) -> Result<Artifact<'static>, String> {
+fn artifact(digest: &str) -> Result<Artifact<'static>, BundleError> {
     let hex = digest
         .strip_prefix("sha256:")
-        .ok_or_else(|| format!("{digest} is not a sha256 digest"))?;
-    let hash = Sha256Hash::from_hex(hex).map_err(|e| format!("{digest}: {e}"))?;
+        .ok_or_else(|| BundleError::NotSha256(digest.to_owned()))?;
+    let hash = Sha256Hash::from_hex(hex).map_err(|source| BundleError::Digest {
+        digest: digest.to_owned(),
+        source,
+    })?;
     Ok(Artifact::from_digest(ArtifactDigest::sha256(hash)))
 }
 
 /// The content of a verified bundle, bound to `digest`.
-fn content(bundle: &Bundle, digest: &str) -> Result<Content, String> {
+fn content(bundle: &Bundle, digest: &str) -> Result<Content, BundleError> {
     match &bundle.content {
         SignatureContent::MessageSignature(_) => Ok(Content::Signature),
         SignatureContent::DsseEnvelope(env) => {
@@ -154,6 +185,6 @@ fn content(bundle: &Bundle, digest: &str) -> Result<Content, String> {
             statement.check_subject(digest)?;
             Ok(Content::Statement(Arc::new(statement)))
         }
-        _ => Err("unsupported bundle content".into()),
+        _ => Err(BundleError::UnsupportedContent),
     }
 }

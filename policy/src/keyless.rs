@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use sigstore::cosign::bundle::SignedArtifactBundle;
 use sigstore::crypto::CosignVerificationKey;
+use sigstore::errors::SigstoreError;
 use x509_cert::der::asn1::Ia5String;
 use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::der::{Decode, DecodePem, Encode};
@@ -28,6 +29,61 @@ const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
 const OID_ISSUER_V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.1");
 /// Fulcio's OIDC issuer, current form: a DER UTF8String.
 const OID_ISSUER_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.8");
+
+/// Why a keyless signature does not prove an identity (a reason in the verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum KeylessError {
+    #[error("no certificate: a keyed signature cannot satisfy a keyless authority")]
+    NoCertificate,
+    #[error("no Rekor bundle (SET) on the signature")]
+    NoSet,
+    #[error("unreadable certificate: {0}")]
+    Unreadable(#[source] x509_cert::der::Error),
+    #[error("certificate: {0}")]
+    Certificate(#[source] x509_cert::der::Error),
+    #[error("SET invalid: not JSON: {0}")]
+    SetJson(#[source] serde_json::Error),
+    #[error("SET invalid: {0}")]
+    Set(#[source] Box<SigstoreError>),
+    #[error("SET invalid: entry body is not base64: {0}")]
+    EntryBase64(#[source] base64::DecodeError),
+    #[error("SET invalid: entry is not a hashedrekord: {0}")]
+    EntryJson(#[source] serde_json::Error),
+    #[error("SET invalid: entry kind {0:?} is not hashedrekord")]
+    EntryKind(String),
+    #[error("SET invalid: the logged entry is for another payload")]
+    OtherPayload,
+    #[error("SET invalid: the logged entry holds another signature")]
+    OtherSignature,
+    #[error("SET invalid: logged key is not base64: {0}")]
+    LoggedKeyBase64(#[source] base64::DecodeError),
+    #[error("SET invalid: logged certificate: {0}")]
+    LoggedCertificate(#[source] x509_cert::der::Error),
+    #[error("SET invalid: the logged entry names another certificate")]
+    OtherCertificate,
+    #[error("SET invalid: negative integratedTime")]
+    NegativeTime,
+    #[error("certificate key: {0}")]
+    KeyDer(#[source] x509_cert::der::Error),
+    #[error("certificate key: {0}")]
+    Key(#[source] Box<SigstoreError>),
+    #[error("the signature does not verify with the certificate's key")]
+    Signature,
+    #[error("certificate: {0:?}")]
+    EndEntity(#[source] webpki::Error),
+    #[error("chain: {0}")]
+    Chain(#[source] x509_cert::der::Error),
+    #[error("certificate outside its validity at log time (integratedTime {at}): {source:?}")]
+    Validity {
+        at: u64,
+        #[source]
+        source: webpki::Error,
+    },
+    #[error("certificate does not chain to a Fulcio CA of this root: {0:?}")]
+    NotChained(#[source] webpki::Error),
+    #[error("SAN: {0}")]
+    San(#[source] x509_cert::der::Error),
+}
 
 /// Who a certificate names: its OIDC issuer, its SAN subjects (emails and URIs, SPIFFE IDs
 /// among them) and its Fulcio CI claims.
@@ -83,22 +139,18 @@ struct PublicKey {
 }
 
 /// Verifies a keyless signature layer against `root`; the identity it proves on success.
-pub fn verify(layer: &SignatureLayer, root: &Root) -> Result<Identity, String> {
+pub fn verify(layer: &SignatureLayer, root: &Root) -> Result<Identity, KeylessError> {
     let cert_pem = layer
         .certificate
         .as_deref()
-        .ok_or("no certificate: a keyed signature cannot satisfy a keyless authority")?;
-    let bundle = layer
-        .bundle
-        .as_deref()
-        .ok_or("no Rekor bundle (SET) on the signature")?;
-    let cert = Certificate::from_pem(cert_pem.as_bytes())
-        .map_err(|e| format!("unreadable certificate: {e}"))?;
-    let cert_der = cert.to_der().map_err(|e| format!("certificate: {e}"))?;
+        .ok_or(KeylessError::NoCertificate)?;
+    let bundle = layer.bundle.as_deref().ok_or(KeylessError::NoSet)?;
+    let cert = Certificate::from_pem(cert_pem.as_bytes()).map_err(KeylessError::Unreadable)?;
+    let cert_der = cert.to_der().map_err(KeylessError::Certificate)?;
 
     // 1. The SET: signed by a log key of this root over the entry.
     let rekor_bundle: serde_json::Value =
-        serde_json::from_str(bundle).map_err(|e| format!("SET invalid: not JSON: {e}"))?;
+        serde_json::from_str(bundle).map_err(KeylessError::SetJson)?;
     let raw = serde_json::json!({
         "base64Signature": layer.signature,
         "cert": cert_pem,
@@ -106,15 +158,15 @@ pub fn verify(layer: &SignatureLayer, root: &Root) -> Result<Identity, String> {
     })
     .to_string();
     let verified = SignedArtifactBundle::new_verified(&raw, &root.rekor)
-        .map_err(|e| format!("SET invalid: {e}"))?;
+        .map_err(|e| KeylessError::Set(Box::new(e)))?;
     let payload = &verified.rekor_bundle.payload;
 
     // 2. The logged entry is this signature, by this certificate, over this payload.
     check_entry(&payload.body, layer, &cert_der)?;
 
     // 3. The chain, at the time the log integrated the entry.
-    let integrated = u64::try_from(payload.integrated_time)
-        .map_err(|_| "SET invalid: negative integratedTime".to_owned())?;
+    let integrated =
+        u64::try_from(payload.integrated_time).map_err(|_| KeylessError::NegativeTime)?;
     check_chain(&cert_der, layer.chain.as_deref(), root, integrated)?;
 
     // 4. The signature, with the certificate's key.
@@ -122,44 +174,42 @@ pub fn verify(layer: &SignatureLayer, root: &Root) -> Result<Identity, String> {
         .tbs_certificate()
         .subject_public_key_info()
         .to_der()
-        .map_err(|e| format!("certificate key: {e}"))?;
+        .map_err(KeylessError::KeyDer)?;
     let key =
-        CosignVerificationKey::try_from_der(&spki).map_err(|e| format!("certificate key: {e}"))?;
-    layer
-        .check_key(&key)
-        .map_err(|_| "the signature does not verify with the certificate's key".to_owned())?;
+        CosignVerificationKey::try_from_der(&spki).map_err(|e| KeylessError::Key(Box::new(e)))?;
+    layer.check_key(&key).map_err(|_| KeylessError::Signature)?;
 
     identity(&cert)
 }
 
-fn check_entry(body_b64: &str, layer: &SignatureLayer, cert_der: &[u8]) -> Result<(), String> {
+fn check_entry(
+    body_b64: &str,
+    layer: &SignatureLayer,
+    cert_der: &[u8],
+) -> Result<(), KeylessError> {
     let body = STANDARD
         .decode(body_b64)
-        .map_err(|e| format!("SET invalid: entry body is not base64: {e}"))?;
-    let entry: HashedRekord = serde_json::from_slice(&body)
-        .map_err(|e| format!("SET invalid: entry is not a hashedrekord: {e}"))?;
+        .map_err(KeylessError::EntryBase64)?;
+    let entry: HashedRekord = serde_json::from_slice(&body).map_err(KeylessError::EntryJson)?;
     if entry.kind != "hashedrekord" {
-        return Err(format!(
-            "SET invalid: entry kind {:?} is not hashedrekord",
-            entry.kind
-        ));
+        return Err(KeylessError::EntryKind(entry.kind));
     }
     let payload_hash = hex::encode(Sha256::digest(&layer.payload));
     if entry.spec.data.hash.algorithm != "sha256" || entry.spec.data.hash.value != payload_hash {
-        return Err("SET invalid: the logged entry is for another payload".into());
+        return Err(KeylessError::OtherPayload);
     }
     let strip = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     if strip(&entry.spec.signature.content) != strip(&layer.signature) {
-        return Err("SET invalid: the logged entry holds another signature".into());
+        return Err(KeylessError::OtherSignature);
     }
     let logged_pem = STANDARD
         .decode(&entry.spec.signature.public_key.content)
-        .map_err(|e| format!("SET invalid: logged key is not base64: {e}"))?;
+        .map_err(KeylessError::LoggedKeyBase64)?;
     let logged = Certificate::from_pem(&logged_pem)
         .and_then(|c| c.to_der())
-        .map_err(|e| format!("SET invalid: logged certificate: {e}"))?;
+        .map_err(KeylessError::LoggedCertificate)?;
     if logged != cert_der {
-        return Err("SET invalid: the logged entry names another certificate".into());
+        return Err(KeylessError::OtherCertificate);
     }
     Ok(())
 }
@@ -169,9 +219,9 @@ fn check_chain(
     chain_pem: Option<&str>,
     root: &Root,
     at: u64,
-) -> Result<(), String> {
+) -> Result<(), KeylessError> {
     let leaf = CertificateDer::from(cert_der.to_vec());
-    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("certificate: {e:?}"))?;
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(KeylessError::EndEntity)?;
     let anchors = root
         .cas
         .iter()
@@ -179,9 +229,9 @@ fn check_chain(
         .collect::<Vec<_>>();
     let mut intermediates: Vec<CertificateDer<'static>> = Vec::new();
     if let Some(pem) = chain_pem {
-        for c in Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| format!("chain: {e}"))? {
+        for c in Certificate::load_pem_chain(pem.as_bytes()).map_err(KeylessError::Chain)? {
             intermediates.push(CertificateDer::from(
-                c.to_der().map_err(|e| format!("chain: {e}"))?,
+                c.to_der().map_err(KeylessError::Chain)?,
             ));
         }
     }
@@ -198,16 +248,16 @@ fn check_chain(
     .map(|_| ())
     .map_err(|e| match e {
         webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-            format!("certificate outside its validity at log time (integratedTime {at}): {e:?}")
+            KeylessError::Validity { at, source: e }
         }
-        e => format!("certificate does not chain to a Fulcio CA of this root: {e:?}"),
+        e => KeylessError::NotChained(e),
     })
 }
 
 /// Reads the OIDC issuer (both Fulcio extensions) and the SAN emails and URIs.
-pub fn identity(cert: &Certificate) -> Result<Identity, String> {
+pub fn identity(cert: &Certificate) -> Result<Identity, KeylessError> {
     let mut id = Identity {
-        claims: crate::claims::of(&cert.to_der().map_err(|e| format!("certificate: {e}"))?),
+        claims: crate::claims::of(&cert.to_der().map_err(KeylessError::Certificate)?),
         ..Identity::default()
     };
     for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
@@ -217,7 +267,7 @@ pub fn identity(cert: &Certificate) -> Result<Identity, String> {
         } else if ext.extn_id == OID_ISSUER_V1 && id.issuer.is_none() {
             id.issuer = std::str::from_utf8(value).ok().map(str::to_owned);
         } else if ext.extn_id == OID_SAN {
-            let san = SubjectAltName::from_der(value).map_err(|e| format!("SAN: {e}"))?;
+            let san = SubjectAltName::from_der(value).map_err(KeylessError::San)?;
             for name in san.0 {
                 match name {
                     GeneralName::Rfc822Name(s) | GeneralName::UniformResourceIdentifier(s) => {
@@ -236,7 +286,7 @@ fn ia5(s: &Ia5String) -> String {
 }
 
 impl IdentityMatcher {
-    /// Why `id` does not satisfy these constraints, if it does not.
+    /// Why `id` does not satisfy these constraints, if it does not: a reason of our own.
     pub fn check(&self, id: &Identity) -> Result<(), String> {
         let issuer = id.issuer.as_deref().unwrap_or("");
         if let Some(want) = &self.issuer {

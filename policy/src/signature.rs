@@ -36,27 +36,40 @@ struct Image {
     docker_manifest_digest: String,
 }
 
+/// Why a signature layer does not sign this image (a reason in the verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    #[error("payload is not a cosign simple-signing document: {0}")]
+    Payload(#[source] serde_json::Error),
+    #[error("digest mismatch in the payload: it signs {signed}, not {digest} (a signature copied from another image?)")]
+    DigestMismatch { signed: String, digest: String },
+    /// The key's own error says no more than "verification failed".
+    #[error("signature by an unknown key")]
+    UnknownKey,
+}
+
 impl SignatureLayer {
     /// The binding: the payload's `critical.image.docker-manifest-digest` must be the digest being
     /// served. A valid signature made for another image does not count.
-    pub fn check_binding(&self, digest: &str) -> Result<(), String> {
-        let parsed: SimpleSigning = serde_json::from_slice(&self.payload)
-            .map_err(|e| format!("payload is not a cosign simple-signing document: {e}"))?;
+    pub fn check_binding(&self, digest: &str) -> Result<(), SignatureError> {
+        let parsed: SimpleSigning =
+            serde_json::from_slice(&self.payload).map_err(SignatureError::Payload)?;
         let signed = parsed.critical.image.docker_manifest_digest;
         if signed != digest {
-            return Err(format!(
-                "digest mismatch in the payload: it signs {signed}, not {digest} (a signature copied from another image?)"
-            ));
+            return Err(SignatureError::DigestMismatch {
+                signed,
+                digest: digest.to_owned(),
+            });
         }
         Ok(())
     }
 
     /// Checks the signature over the payload with `key`.
-    pub fn check_key(&self, key: &CosignVerificationKey) -> Result<(), String> {
+    pub fn check_key(&self, key: &CosignVerificationKey) -> Result<(), SignatureError> {
         key.verify_signature(
             Signature::Base64Encoded(self.signature.as_bytes()),
             &self.payload,
         )
-        .map_err(|_| "signature by an unknown key".to_owned())
+        .map_err(|_| SignatureError::UnknownKey)
     }
 }

@@ -43,24 +43,38 @@ pub struct Provenance {
     pub commit: Option<String>,
 }
 
+/// Why a DSSE payload is not a statement about this image (a reason in the verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum StatementError {
+    #[error("DSSE payload type {0:?} is not an in-toto statement")]
+    PayloadType(String),
+    #[error("DSSE payload is not an in-toto statement: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("unknown in-toto statement type {0:?}")]
+    Kind(String),
+    #[error("attestation subject mismatch: the {predicate_type} statement is about {named:?}, not {digest} (copied from another image?)")]
+    Subject {
+        predicate_type: String,
+        named: Vec<String>,
+        digest: String,
+    },
+}
+
 impl Statement {
     /// Parses a DSSE payload of type `payload_type` as an in-toto statement.
-    pub fn parse(payload_type: &str, payload: &[u8]) -> Result<Statement, String> {
+    pub fn parse(payload_type: &str, payload: &[u8]) -> Result<Statement, StatementError> {
         if payload_type != IN_TOTO_PAYLOAD {
-            return Err(format!(
-                "DSSE payload type {payload_type:?} is not an in-toto statement"
-            ));
+            return Err(StatementError::PayloadType(payload_type.to_owned()));
         }
-        let s: Statement = serde_json::from_slice(payload)
-            .map_err(|e| format!("DSSE payload is not an in-toto statement: {e}"))?;
+        let s: Statement = serde_json::from_slice(payload).map_err(StatementError::Json)?;
         if !STATEMENT_TYPES.contains(&s.kind.as_str()) {
-            return Err(format!("unknown in-toto statement type {:?}", s.kind));
+            return Err(StatementError::Kind(s.kind));
         }
         Ok(s)
     }
 
     /// The binding: one of the statement's subjects must be the manifest being served.
-    pub fn check_subject(&self, digest: &str) -> Result<(), String> {
+    pub fn check_subject(&self, digest: &str) -> Result<(), StatementError> {
         let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
         if self.subject.iter().any(|s| {
             s.digest
@@ -74,10 +88,11 @@ impl Statement {
             .iter()
             .flat_map(|s| s.digest.iter().map(|(a, d)| format!("{a}:{d}")))
             .collect();
-        Err(format!(
-            "attestation subject mismatch: the {} statement is about {named:?}, not {digest} (copied from another image?)",
-            self.predicate_type
-        ))
+        Err(StatementError::Subject {
+            predicate_type: self.predicate_type.clone(),
+            named,
+            digest: digest.to_owned(),
+        })
     }
 
     /// A short name for the predicate, for people.
@@ -149,7 +164,7 @@ mod tests {
     fn subject_binds_the_digest() {
         let s = statement(COSIGN_SIGN, json!({}));
         assert!(s.check_subject("sha256:ab").is_ok());
-        let err = s.check_subject("sha256:cd").unwrap_err();
+        let err = s.check_subject("sha256:cd").unwrap_err().to_string();
         assert!(err.contains("subject mismatch"), "{err}");
     }
 
