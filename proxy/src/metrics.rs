@@ -26,6 +26,11 @@ pub struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormLabel {
+    pub form: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
     pub rule: String,
     pub outcome: &'static str,
@@ -48,6 +53,8 @@ pub struct Metrics {
     pub evictions: Counter,
     pub stale_serves: Counter,
     pub tag_moves: Family<UpstreamLabel, Counter>,
+    pub summaries_signed: Counter,
+    pub summaries_served: Family<FormLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
 }
 
@@ -69,6 +76,8 @@ impl Metrics {
             evictions: Counter::default(),
             stale_serves: Counter::default(),
             tag_moves: Family::default(),
+            summaries_signed: Counter::default(),
+            summaries_served: Family::default(),
             reloads: Family::default(),
         };
         r.register(
@@ -125,6 +134,16 @@ impl Metrics {
             "tag_moves",
             "Tags found pointing at a new digest when revalidated, by upstream",
             m.tag_moves.clone(),
+        );
+        r.register(
+            "summaries_signed",
+            "Verification summaries signed ([attest]), one per verdict that passed",
+            m.summaries_signed.clone(),
+        );
+        r.register(
+            "summaries_served",
+            "Verification summaries served, by form: bundle (listed in referrers), att (the .att tag)",
+            m.summaries_served.clone(),
         );
         r.register(
             "config_reloads",

@@ -108,6 +108,7 @@ pub fn ensure(
     };
     let raw = serde_json::to_vec(&summary).map_err(|e| ProxyError::Internal(e.to_string()))?;
     app.store.put_meta(SUMMARY, &key, &raw)?;
+    app.metrics.summaries_signed.inc();
     tracing::info!(name = %target.name, %digest, policy = app.policy.fingerprint(),
         inputs = inputs.len(), "verification summary signed");
     let summary = Arc::new(summary);

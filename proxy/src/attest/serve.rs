@@ -61,6 +61,10 @@ pub fn referrers(
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
     };
+    app.metrics
+        .summaries_served
+        .get_or_create(&crate::metrics::FormLabel { form: "bundle" })
+        .inc();
     let all = std::iter::once(ours)
         .chain(listed.manifests.iter().cloned())
         .collect();
@@ -123,6 +127,12 @@ pub async fn manifest(
         },
     };
     let digest = held::hold(app, attester, target, &doc)?;
+    if matches!(reference, Reference::Tag(_)) {
+        app.metrics
+            .summaries_served
+            .get_or_create(&crate::metrics::FormLabel { form: "att" })
+            .inc();
+    }
     outcome.verdict = Some("evidence");
     outcome.cache = "hit";
     let bytes = Bytes::from(doc.manifest);

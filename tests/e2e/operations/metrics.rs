@@ -42,6 +42,9 @@ const METRICS: &[&str] = &[
     "portcullis_evictions_total",
     "portcullis_stale_serves_total",
     "portcullis_config_reloads_total",
+    "portcullis_tag_moves_total",
+    "portcullis_summaries_signed_total",
+    "portcullis_summaries_served_total",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
