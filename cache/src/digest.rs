@@ -12,7 +12,7 @@ pub struct Digest {
 }
 
 /// Why a string is not a digest we can check.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     #[error("digest {0:?} is malformed: expected sha256:<64 lower-case hex characters>")]
     Invalid(String),

@@ -64,10 +64,12 @@ pub enum Invalid {
     Unsupported(String),
     #[error("schemaVersion {0} is not 2")]
     SchemaVersion(u32),
+    /// A field of the wrong shape: serde's message (kept as text: these errors are compared and
+    /// cloned, which serde's error is not), or our own.
     #[error("{0}")]
     Shape(String),
     #[error("it names a digest portcullis cannot check: {0}")]
-    Digest(String),
+    Digest(#[source] portcullis_cache::DigestError),
 }
 
 /// A manifest or an index, checked.
@@ -234,11 +236,7 @@ fn version(v: u32) -> Result<(), Invalid> {
 
 /// The checked form of a descriptor.
 pub fn reference(d: &Descriptor) -> Result<Reference, Invalid> {
-    let digest = d
-        .digest()
-        .to_string()
-        .parse()
-        .map_err(|e: portcullis_cache::DigestError| Invalid::Digest(e.to_string()))?;
+    let digest = d.digest().to_string().parse().map_err(Invalid::Digest)?;
     Ok(Reference {
         digest,
         size: d.size(),

@@ -15,6 +15,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 /// Why a document is ambiguous.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Ambiguity {
+    /// serde's message, kept as text: these errors are compared and cloned.
     #[error("not JSON: {0}")]
     NotJson(String),
     #[error("the key {0:?} appears twice in one object")]
