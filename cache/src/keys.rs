@@ -11,6 +11,7 @@ use crate::Digest;
 pub const MANIFEST: &str = "m/";
 pub const BLOB: &str = "b/";
 pub const ACCESS: &str = "a/";
+pub const META: &str = "x/";
 
 pub fn manifest(d: &Digest) -> Vec<u8> {
     format!("{MANIFEST}{d}").into_bytes()
@@ -41,5 +42,5 @@ pub fn digest_of(key: &[u8], prefix: &str) -> Option<Digest> {
 }
 
 pub fn meta(namespace: &str, key: &str) -> Vec<u8> {
-    format!("x/{namespace}/{key}").into_bytes()
+    format!("{META}{namespace}/{key}").into_bytes()
 }

@@ -219,9 +219,18 @@ impl Store {
     }
 
     /// Stores an opaque record under `namespace`/`key` (the caller's own bookkeeping, such as
-    /// verdicts). The store does not interpret it.
+    /// verdicts). The store does not interpret it, but counts its bytes towards `max_size`:
+    /// records are content too, and clients can make them.
     pub fn put_meta(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), Error> {
-        Ok(self.db.put(keys::meta(namespace, key), value)?)
+        let k = keys::meta(namespace, key);
+        let old = self.db.get_pinned(&k)?.map(|v| record_bytes(&k, v.len()));
+        self.db.put(&k, value)?;
+        self.total
+            .fetch_add(record_bytes(&k, value.len()), Ordering::Relaxed);
+        if let Some(old) = old {
+            self.total.fetch_sub(old, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     pub fn meta(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -229,7 +238,12 @@ impl Store {
     }
 
     pub fn delete_meta(&self, namespace: &str, key: &str) -> Result<(), Error> {
-        Ok(self.db.delete(keys::meta(namespace, key))?)
+        let k = keys::meta(namespace, key);
+        if let Some(old) = self.db.get_pinned(&k)?.map(|v| record_bytes(&k, v.len())) {
+            self.db.delete(&k)?;
+            self.total.fetch_sub(old, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Deletes the records of `namespace` whose key `keep` refuses (records of a policy no longer
@@ -239,12 +253,14 @@ impl Store {
         let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
         let mut gone = 0;
         for item in self.db.iterator(mode) {
-            let (k, _) = item?;
+            let (k, v) = item?;
             let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
             if !keep(&String::from_utf8_lossy(rest)) {
                 self.db.delete(&k)?;
+                self.total
+                    .fetch_sub(record_bytes(&k, v.len()), Ordering::Relaxed);
                 gone += 1;
             }
         }
@@ -401,6 +417,8 @@ impl Store {
                 total += (v.len() - nl).saturating_sub(1) as u64;
             } else if k.starts_with(keys::BLOB.as_bytes()) {
                 total += decode_u64(&v).unwrap_or(0);
+            } else if k.starts_with(keys::META.as_bytes()) {
+                total += record_bytes(&k, v.len());
             }
         }
         let entries = fs::read_dir(&self.blob_dir).map_err(io_err(&self.blob_dir))?;
@@ -418,6 +436,11 @@ impl Store {
         self.total.store(total, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// What a record counts towards `max_size`: its key and value.
+fn record_bytes(key: &[u8], value_len: usize) -> u64 {
+    (key.len() + value_len) as u64
 }
 
 pub(crate) fn io_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {

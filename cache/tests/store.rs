@@ -169,3 +169,39 @@ fn retain_meta_deletes_what_the_caller_refuses_in_one_namespace_only() {
     );
     assert_eq!(store.meta("gate", "old\0a").unwrap(), Some(b"3".to_vec()));
 }
+
+/// Records count towards `max_size` (clients can make them): what is written, overwritten,
+/// deleted and collected moves the size, and a reopened store counts the same.
+#[test]
+fn records_count_towards_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        dir: dir.path().to_owned(),
+        max_size: 1 << 30,
+        hot_bytes: 1 << 20,
+    };
+    let store = Store::open(&cfg).unwrap();
+    let empty = store.size();
+    let record = |ns: &str, key: &str, len: usize| (format!("x/{ns}/{key}").len() + len) as u64;
+    store.put_meta("verdict", "a", &[0; 100]).unwrap();
+    store.put_meta("gate", "b", &[0; 10]).unwrap();
+    assert_eq!(
+        store.size(),
+        empty + record("verdict", "a", 100) + record("gate", "b", 10)
+    );
+    store.put_meta("verdict", "a", &[0; 40]).unwrap(); // an overwrite replaces, not adds
+    assert_eq!(
+        store.size(),
+        empty + record("verdict", "a", 40) + record("gate", "b", 10)
+    );
+    drop(store);
+    let store = Store::open(&cfg).unwrap();
+    assert_eq!(
+        store.size(),
+        empty + record("verdict", "a", 40) + record("gate", "b", 10)
+    );
+    store.delete_meta("verdict", "a").unwrap();
+    store.delete_meta("verdict", "never-written").unwrap();
+    assert_eq!(store.retain_meta("gate", |_| false).unwrap(), 1);
+    assert_eq!(store.size(), empty);
+}
