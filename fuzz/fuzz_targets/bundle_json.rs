@@ -36,6 +36,7 @@ fn policy() -> &'static Policy {
                 name: "test".into(),
                 trusted_root: root,
             }],
+            pins: Vec::new(),
         };
         let rule = RuleConfig {
             name: "all".into(),
