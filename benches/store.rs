@@ -15,7 +15,7 @@ fn store(c: &mut Criterion) {
     .unwrap();
 
     let big: Vec<u8> = (0..32u32 << 20)
-        .map(|i| (i * 2_654_435_761) as u8)
+        .map(|i| i.wrapping_mul(2_654_435_761) as u8)
         .collect();
     let mut g = c.benchmark_group("blob write");
     g.throughput(Throughput::Bytes(big.len() as u64));
