@@ -23,6 +23,8 @@
 //!   shipped client config with the real client.
 //! - [`config_examples`], [`deploy_examples`]: every shipped config and deployment example holds
 //!   together.
+//! - [`release`]: a release's blob signatures verify, and its image, signed with the release key,
+//!   pulls through portcullis under a keyed rule.
 
 mod airgap;
 mod api_edges;
@@ -39,5 +41,6 @@ mod pins;
 mod provenance;
 mod pull_through;
 mod referrers;
+mod release;
 mod signatures;
 mod upstream_security;

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{DerSignature, SigningKey};
 use p256::elliptic_curve::Generate as _;
-use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _, LineEnding};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
@@ -93,6 +93,15 @@ impl CosignKey {
     pub fn generate() -> CosignKey {
         CosignKey {
             key: SigningKey::generate(),
+        }
+    }
+
+    /// The P-256 private key in `pem`, unencrypted PKCS#8 (`-----BEGIN PRIVATE KEY-----`): the
+    /// form `scripts/release` signs with (`PORTCULLIS_RELEASE_KEY_FILE`).
+    pub fn from_pkcs8_pem(pem: &str) -> CosignKey {
+        CosignKey {
+            key: SigningKey::from_pkcs8_pem(pem)
+                .unwrap_or_else(|e| panic!("not an unencrypted PKCS#8 P-256 key: {e}")),
         }
     }
 
