@@ -238,3 +238,21 @@ impl App {
         self.config.server.offline
     }
 }
+
+/// A throw-away cache directory for a command that resolves and decides beside a serving
+/// instance (`verify`, `pin`): points the configuration at it, and removes it when dropped.
+pub struct ScratchCache(std::path::PathBuf);
+
+impl ScratchCache {
+    pub fn new(config: &mut Config, command: &str) -> ScratchCache {
+        let dir = std::env::temp_dir().join(format!("portcullis-{command}-{}", std::process::id()));
+        config.cache.dir = dir.clone();
+        ScratchCache(dir)
+    }
+}
+
+impl Drop for ScratchCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -35,6 +35,30 @@ pub enum Progress {
     Failed(Arc<ProxyError>),
 }
 
+/// Waits until a fetch has committed its blob to the store (`Ok`) or failed; `None` if the
+/// fetch vanished without saying.
+pub async fn until_committed(
+    progress: &mut tokio::sync::watch::Receiver<Progress>,
+) -> Option<Result<(), Arc<ProxyError>>> {
+    let state = progress
+        .wait_for(|p| {
+            matches!(
+                p,
+                Progress::Verified {
+                    committed: true,
+                    ..
+                } | Progress::Failed(_)
+            )
+        })
+        .await
+        .ok()?
+        .clone();
+    Some(match state {
+        Progress::Failed(e) => Err(e),
+        _ => Ok(()),
+    })
+}
+
 /// One running fetch, as its followers see it.
 pub struct Flight {
     /// The temporary file, then the committed one once renamed.

@@ -266,14 +266,8 @@ where
     F: FnOnce(App) -> Fut,
     Fut: std::future::Future<Output = Result<T, PinError>>,
 {
-    let scratch = std::env::temp_dir().join(format!("portcullis-pin-{}", std::process::id()));
-    config.cache.dir = scratch.clone();
-    let result = match App::new(config) {
-        Ok(app) => f(app).await,
-        Err(e) => Err(e.into()),
-    };
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    let _scratch = crate::app::ScratchCache::new(&mut config, "pin");
+    f(App::new(config)?).await
 }
 
 async fn resolve(app: &App, image: &str) -> Result<Resolved, PinError> {

@@ -35,11 +35,8 @@ pub async fn verify(mut config: Config, image: &str) -> Result<Verdict, VerifyEr
     if config.server.offline {
         return run(config, image).await;
     }
-    let scratch = std::env::temp_dir().join(format!("portcullis-verify-{}", std::process::id()));
-    config.cache.dir = scratch.clone();
-    let result = run(config, image).await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    let _scratch = crate::app::ScratchCache::new(&mut config, "verify");
+    run(config, image).await
 }
 
 async fn run(config: Config, image: &str) -> Result<Verdict, VerifyError> {

@@ -11,7 +11,6 @@ use super::export::export;
 use super::AirgapError;
 use crate::app::App;
 use crate::content::{self, Accept};
-use crate::fetch::Progress;
 use crate::gate;
 use crate::oci::{cosign, Document, Reference};
 use crate::route::split_tag;
@@ -164,21 +163,8 @@ async fn blob(app: &App, target: &Target, digest: &Digest, size: u64) -> Result<
     }
     let (flight, _) = app.flights.join(&app.store, target, digest, size)?;
     let mut progress = flight.progress.clone();
-    let state = progress
-        .wait_for(|p| {
-            matches!(
-                p,
-                Progress::Verified {
-                    committed: true,
-                    ..
-                } | Progress::Failed(_)
-            )
-        })
+    crate::fetch::until_committed(&mut progress)
         .await
-        .map_err(|_| AirgapError::FetchVanished(digest.clone()))?
-        .clone();
-    match state {
-        Progress::Failed(e) => Err(AirgapError::Proxy((*e).clone())),
-        _ => Ok(()),
-    }
+        .ok_or_else(|| AirgapError::FetchVanished(digest.clone()))?
+        .map_err(|e| AirgapError::Proxy((*e).clone()))
 }

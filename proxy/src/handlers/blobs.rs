@@ -85,22 +85,10 @@ pub async fn serve(
     if range.is_some() {
         // A range is cut from the committed blob: a client resuming a download, or asking just
         // after a fetch released its body but before it committed, gets its 206, not the whole.
-        let done = progress
-            .wait_for(|p| {
-                matches!(
-                    p,
-                    Progress::Verified {
-                        committed: true,
-                        ..
-                    } | Progress::Failed(_)
-                )
-            })
+        crate::fetch::until_committed(&mut progress)
             .await
-            .map_err(|_| ProxyError::Internal("blob fetch vanished".into()))?
-            .clone();
-        if let Progress::Failed(e) = done {
-            return Err((*e).clone());
-        }
+            .ok_or_else(|| ProxyError::Internal("blob fetch vanished".into()))?
+            .map_err(|e| (*e).clone())?;
         if let Some(blob) = app.store.blob(digest)? {
             return cached(blob, digest, range, head);
         }
