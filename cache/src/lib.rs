@@ -12,11 +12,13 @@
 //!   cache for the hot set. See `docs/decisions/0001-blob-storage.md`.
 //! - [`BlobWriter`]: the streaming write side of a blob.
 //! - eviction: least recently used first, never a blob that a kept manifest references.
+//! - [`shared`]: the bucket a fleet of replicas shares below their own stores.
 
 mod blob;
 mod digest;
 mod evict;
 mod keys;
+pub mod shared;
 mod store;
 
 pub use blob::{Blob, BlobWriter};

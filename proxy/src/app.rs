@@ -15,6 +15,7 @@ use crate::content::referrers::HeldReferrers;
 use crate::fetch::Flights;
 use crate::metrics::Metrics;
 use crate::route::Router;
+use crate::shared::Tier;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 /// An [`App`] that cannot be built from a configuration: the cache cannot be opened, or a part
@@ -35,6 +36,8 @@ pub enum AppError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Attest(#[from] AttestError),
+    #[error("cannot set up the shared tier: {0}")]
+    Shared(#[from] portcullis_cache::shared::SharedError),
 }
 
 /// Everything a request needs. What comes from the configuration (upstreams, policy) is rebuilt
@@ -55,6 +58,8 @@ pub struct App {
     /// Referrer lists by `name\0subject`, in front of their RocksDB copies.
     pub referrers: Cache<String, HeldReferrers>,
     pub flights: Arc<Flights>,
+    /// The bucket replicas share (`[cache.shared]`), below the store and above the upstream.
+    pub shared: Option<Arc<Tier>>,
     /// Verdicts being decided: concurrent requests for one manifest share one decision.
     pub deciding: Arc<Coalesce<String, Arc<Verdict>>>,
     /// Tags being resolved upstream, by `name\0tag key`: one revalidation or fetch at a time.
@@ -99,7 +104,13 @@ impl App {
             source,
         })?;
         let metrics = Metrics::new();
-        let flights = Arc::new(Flights::new(metrics.clone()));
+        let shared = config
+            .cache
+            .shared
+            .as_ref()
+            .map(|c| Tier::open(c, metrics.clone()).map(Arc::new))
+            .transpose()?;
+        let flights = Arc::new(Flights::new(metrics.clone(), shared.clone()));
         let caches = Caches {
             verdicts: Cache::new(100_000),
             denials: Cache::builder()
@@ -112,7 +123,7 @@ impl App {
             resolving: Arc::default(),
             fetching: Arc::default(),
         };
-        App::assemble(config, store, caches, flights, metrics)
+        App::assemble(config, store, caches, flights, shared, metrics)
     }
 
     /// The same cache, fetches and metrics under a new configuration. `listen` and `[cache]`
@@ -120,6 +131,11 @@ impl App {
     pub fn reload(&self, config: Config) -> Result<App, AppError> {
         if config.cache.dir != self.config.cache.dir {
             tracing::warn!("[cache] dir changed: takes effect on restart");
+        }
+        if config.cache.shared.as_ref().map(|s| &s.url)
+            != self.config.cache.shared.as_ref().map(|s| &s.url)
+        {
+            tracing::warn!("[cache.shared] changed: takes effect on restart");
         }
         if config.server.listen != self.config.server.listen {
             tracing::warn!("[server] listen changed: takes effect on restart");
@@ -140,6 +156,7 @@ impl App {
                 fetching: Arc::clone(&self.fetching),
             },
             Arc::clone(&self.flights),
+            self.shared.clone(),
             self.metrics.clone(),
         )
     }
@@ -149,6 +166,7 @@ impl App {
         store: Arc<Store>,
         caches: Caches,
         flights: Arc<Flights>,
+        shared: Option<Arc<Tier>>,
         metrics: Metrics,
     ) -> Result<App, AppError> {
         let offline = config.server.offline;
@@ -190,6 +208,7 @@ impl App {
             resolving: caches.resolving,
             fetching: caches.fetching,
             flights,
+            shared,
             metrics,
             config,
         })

@@ -145,6 +145,9 @@ pub struct CacheConfig {
     pub max_stale: Duration,
     /// When the body of a blob that is still being fetched may reach a client.
     pub cold_blobs: ColdBlobs,
+    /// `[cache.shared]`: a bucket that replicas share below their own caches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<portcullis_cache::shared::SharedConfig>,
 }
 
 /// `[cache] cold_blobs`: how a blob that is not yet cached is released to clients.
@@ -275,6 +278,7 @@ impl Default for CacheConfig {
             tag_ttl: Duration::from_secs(300),
             max_stale: Duration::from_secs(24 * 3600),
             cold_blobs: ColdBlobs::default(),
+            shared: None,
         }
     }
 }
@@ -332,6 +336,18 @@ impl Config {
         {
             *p = base.join(&*p);
         }
+        if let Some(shared) = &mut config.cache.shared {
+            for p in [
+                &mut shared.access_key_id_file,
+                &mut shared.secret_access_key_file,
+                &mut shared.session_token_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *p = base.join(&*p);
+            }
+        }
         for root in &mut config.trust.roots {
             if root.trusted_root.as_os_str() != BUILTIN_PUBLIC_GOOD {
                 root.trusted_root = base.join(&root.trusted_root);
@@ -376,6 +392,9 @@ impl Config {
         }
         if self.server.tls_cert.is_some() {
             crate::tls::server_config(&self.server)?;
+        }
+        if let Some(shared) = &self.cache.shared {
+            shared.check().map_err(|e| Invalid::Fields(e.to_string()))?;
         }
         if self.cache.max_size.as_u64() == 0 {
             return fields("[cache] max_size must be larger than 0");

@@ -5,12 +5,18 @@
 //! bytes arrive (see [`crate::body`]). The fetch outlives the clients that started it, so a
 //! client hanging up does not spoil the others. Receiving (async), writing (a blocking thread)
 //! and hashing (the cache writer's own thread) run as a pipeline across cores.
+//!
+//! With a shared tier, the bucket comes before the upstream: a blob found there is hashed as it
+//! is read, into a writer of its own, and released only once it matched (a mismatch is refused
+//! and the upstream asked instead). Otherwise the replica claims the upstream fetch for the
+//! fleet, or waits while another replica holds the claim and reads what it puts in the bucket.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::Method;
 use http_body_util::BodyExt;
 use portcullis_cache::{BlobWriter, Digest, Store};
@@ -19,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::route::Target;
+use crate::shared::{Claimed, Tier};
 use crate::upstream::{content_length, status_error};
 
 /// Where a fetch stands.
@@ -70,6 +77,7 @@ pub struct Flight {
 pub struct Flights {
     running: Mutex<HashMap<Digest, Arc<Flight>>>,
     metrics: Metrics,
+    shared: Option<Arc<Tier>>,
 }
 
 enum Chunk {
@@ -78,10 +86,11 @@ enum Chunk {
 }
 
 impl Flights {
-    pub fn new(metrics: Metrics) -> Flights {
+    pub fn new(metrics: Metrics, shared: Option<Arc<Tier>>) -> Flights {
         Flights {
             running: Mutex::default(),
             metrics,
+            shared,
         }
     }
 
@@ -169,7 +178,148 @@ impl Job {
         }
     }
 
-    async fn fetch(&self, mut writer: BlobWriter) -> Result<u64, ProxyError> {
+    async fn fetch(&self, writer: BlobWriter) -> Result<u64, ProxyError> {
+        let Some(tier) = self.flights.shared.clone() else {
+            return self.fetch_upstream(writer).await;
+        };
+        if let Some(size) = self.fetch_shared(&tier).await? {
+            return Ok(self.release_shared(writer, size));
+        }
+        // Wait for another replica's fetch at most half this fetch's time, then fetch anyway.
+        let patience = tier
+            .config()
+            .lease_ttl
+            .min(self.target.upstream.timeout / 2);
+        let lease = match tier
+            .claim(&self.digest, std::time::Instant::now() + patience)
+            .await
+        {
+            Claimed::Mine(lease) => Some(lease),
+            Claimed::Landed => {
+                if let Some(size) = self.fetch_shared(&tier).await? {
+                    return Ok(self.release_shared(writer, size));
+                }
+                None
+            }
+            Claimed::Alone => None,
+        };
+        let result = self.fetch_upstream(writer).await;
+        let path = self.store.blob_path(&self.digest);
+        match (&result, std::fs::File::open(&path)) {
+            (Ok(size), Ok(file)) => tier.upload(self.digest.clone(), file, path, *size, lease),
+            _ => {
+                if let Some(lease) = lease {
+                    tier.release(lease);
+                }
+            }
+        }
+        result
+    }
+
+    /// A blob from the bucket, hashed as it is read into a writer of its own and committed only
+    /// if it matched; nothing is published to followers until then. `None`: not there, or
+    /// refused, or the bucket failed; the caller goes upstream. An error: this repository does
+    /// not have the blob upstream.
+    async fn fetch_shared(&self, tier: &Arc<Tier>) -> Result<Option<u64>, ProxyError> {
+        let Some((size, stream)) = tier.blob(&self.digest).await else {
+            return Ok(None);
+        };
+        if size != self.size {
+            // The object may be right and the descriptor wrong: ignored, not deleted.
+            tracing::warn!(digest = %self.digest, size, expected = self.size,
+                "shared tier blob has another size than the verified manifest says: ignored");
+            return Ok(None);
+        }
+        // The bucket holds every repository's blobs: one is served for this repository only if
+        // it has it upstream too, as for a blob held here for another repository.
+        if !self.store.is_linked(&self.target.name, &self.digest)? {
+            match upstream_head(&self.target, &self.digest).await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.read_shared(tier, stream).await)
+    }
+
+    async fn read_shared(
+        &self,
+        tier: &Arc<Tier>,
+        mut stream: futures_util::stream::BoxStream<
+            'static,
+            Result<Bytes, portcullis_cache::shared::SharedError>,
+        >,
+    ) -> Option<u64> {
+        let writer = match self.store.blob_writer(&self.digest, Some(self.size)) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write a blob from the shared tier");
+                return None;
+            }
+        };
+        let (tx, rx) = mpsc::channel::<Chunk>(32);
+        let what = format!(
+            "blob {}@{} from the shared tier",
+            self.target.name, self.digest
+        );
+        let store = Arc::clone(&self.store);
+        let metrics = self.flights.metrics.clone();
+        let write = tokio::task::spawn_blocking(move || {
+            let result = write_all(writer, rx, None, &what);
+            if result.is_ok() {
+                evict_if_over(&store, &metrics);
+            }
+            result
+        });
+        let received = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                tier.read_blob_bytes(chunk.len());
+                if tx.send(Chunk::Data(chunk)).await.is_err() {
+                    break; // the writer failed; its error says why
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if received.is_ok() {
+            let _ = tx.send(Chunk::End).await;
+        }
+        drop(tx);
+        let written = write.await;
+        match (received, written) {
+            (Err(e), _) => {
+                tier.blob_failed(&e);
+                None
+            }
+            (Ok(()), Ok(Ok(size))) => Some(size),
+            (Ok(()), Ok(Err(ProxyError::BadUpstream(why)))) => {
+                tier.refused("blob", &self.digest, &why);
+                None
+            }
+            (Ok(()), Ok(Err(e))) => {
+                tracing::error!(error = %e, "cannot hold a blob from the shared tier");
+                None
+            }
+            (Ok(()), Err(e)) => {
+                tracing::error!(error = %e, "shared tier blob writer");
+                None
+            }
+        }
+    }
+
+    /// Followers of this flight see the blob committed from the bucket. The flight's own
+    /// writer goes first, so that no follower opens its empty temporary file.
+    fn release_shared(&self, writer: BlobWriter, size: u64) -> u64 {
+        drop(writer);
+        self.progress.send_replace(Progress::Verified {
+            size,
+            committed: true,
+        });
+        size
+    }
+
+    async fn fetch_upstream(&self, mut writer: BlobWriter) -> Result<u64, ProxyError> {
         let up = &self.target.upstream;
         let what = format!("blob {}@{}", self.target.name, self.digest);
         let resp = up
@@ -202,7 +352,7 @@ impl Job {
         let metrics = self.flights.metrics.clone();
         let what2 = what.clone();
         let write = tokio::task::spawn_blocking(move || {
-            let result = write_all(writer, rx, &progress, &what2);
+            let result = write_all(writer, rx, Some(&progress), &what2);
             if result.is_ok() {
                 evict_if_over(&store, &metrics);
             }
@@ -245,14 +395,19 @@ impl Job {
     }
 }
 
-/// Hashes and writes every chunk, publishing progress; verifies at the end, releases the blob
-/// to followers, then commits it.
+/// Hashes and writes every chunk, publishing progress (if given); verifies at the end,
+/// releases the blob to followers, then commits it.
 fn write_all(
     mut writer: BlobWriter,
     mut rx: mpsc::Receiver<Chunk>,
-    progress: &watch::Sender<Progress>,
+    progress: Option<&watch::Sender<Progress>>,
     what: &str,
 ) -> Result<u64, ProxyError> {
+    let publish = |p: Progress| {
+        if let Some(progress) = progress {
+            progress.send_replace(p);
+        }
+    };
     // A full disk or a store error: the fetch fails cleanly (the temporary file goes with the
     // writer) and clients get a 503; a mismatch is the upstream's fault.
     let bad = |e: portcullis_cache::Error| match ProxyError::from(e) {
@@ -265,11 +420,13 @@ fn write_all(
             Some(Chunk::Data(bytes)) => {
                 writer.write(bytes).map_err(bad)?;
                 let now = writer.written();
-                progress.send_modify(|p| {
-                    if let Progress::Streaming { written, .. } = p {
-                        *written = now;
-                    }
-                });
+                if let Some(progress) = progress {
+                    progress.send_modify(|p| {
+                        if let Progress::Streaming { written, .. } = p {
+                            *written = now;
+                        }
+                    });
+                }
             }
             Some(Chunk::End) => break,
             None => {
@@ -282,12 +439,12 @@ fn write_all(
     let t = std::time::Instant::now();
     let size = writer.verify().map_err(bad)?;
     tracing::debug!(verify_ms = t.elapsed().as_millis() as u64, "verified");
-    progress.send_replace(Progress::Verified {
+    publish(Progress::Verified {
         size,
         committed: false,
     });
     let size = writer.commit().map_err(bad)?;
-    progress.send_replace(Progress::Verified {
+    publish(Progress::Verified {
         size,
         committed: true,
     });
@@ -308,4 +465,21 @@ pub fn evict_if_over(store: &Store, metrics: &Metrics) {
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "eviction failed"),
     }
+}
+
+/// The size of the blob in `target`'s repository upstream (a `HEAD`): whether content held for
+/// another repository, here or in the shared tier, may be served for this one.
+pub async fn upstream_head(target: &Target, digest: &Digest) -> Result<u64, ProxyError> {
+    let up = &target.upstream;
+    let what = format!("blob {}@{digest}", target.name);
+    let resp = up
+        .send(Method::HEAD, &target.repo, &format!("blobs/{digest}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(status_error(&up.name, resp.status(), &what, || {
+            ProxyError::BlobUnknown(format!("{what} is not in the upstream"))
+        }));
+    }
+    content_length(&resp)
+        .ok_or_else(|| ProxyError::BadUpstream(format!("{what}: HEAD gave no Content-Length")))
 }

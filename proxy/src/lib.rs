@@ -53,6 +53,7 @@ pub mod pin;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod shared;
 pub mod stack;
 pub mod tls;
 pub mod upstream;

@@ -25,6 +25,13 @@ pub struct UpstreamLabel {
     pub upstream: String,
 }
 
+/// What kind of object a shared-tier exchange was about (`blob`, `manifest`, `evidence`, `tag`,
+/// `referrers`, `lease`) and, for bytes, which way they went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedLabel {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FormLabel {
     pub form: &'static str,
@@ -56,6 +63,13 @@ pub struct Metrics {
     pub summaries_signed: Counter,
     pub summaries_served: Family<FormLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
+    pub shared_hits: Family<SharedLabel, Counter>,
+    pub shared_misses: Family<SharedLabel, Counter>,
+    pub shared_errors: Family<SharedLabel, Counter>,
+    pub shared_refused: Family<SharedLabel, Counter>,
+    pub shared_bytes_read: Counter,
+    pub shared_bytes_written: Counter,
+    pub shared_lease_waits: Counter,
 }
 
 impl Metrics {
@@ -79,6 +93,13 @@ impl Metrics {
             summaries_signed: Counter::default(),
             summaries_served: Family::default(),
             reloads: Family::default(),
+            shared_hits: Family::default(),
+            shared_misses: Family::default(),
+            shared_errors: Family::default(),
+            shared_refused: Family::default(),
+            shared_bytes_read: Counter::default(),
+            shared_bytes_written: Counter::default(),
+            shared_lease_waits: Counter::default(),
         };
         r.register(
             "requests",
@@ -149,6 +170,41 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads by result",
             m.reloads.clone(),
+        );
+        r.register(
+            "shared_hits",
+            "Objects found in the shared tier ([cache.shared]), by kind",
+            m.shared_hits.clone(),
+        );
+        r.register(
+            "shared_misses",
+            "Objects looked for in the shared tier and not there, by kind",
+            m.shared_misses.clone(),
+        );
+        r.register(
+            "shared_errors",
+            "Shared-tier exchanges that failed (the tier is then skipped for retry_after), by kind",
+            m.shared_errors.clone(),
+        );
+        r.register(
+            "shared_refused",
+            "Objects read from the shared tier that did not hash to their key, by kind",
+            m.shared_refused.clone(),
+        );
+        r.register(
+            "shared_read_bytes",
+            "Bytes read from the shared tier",
+            m.shared_bytes_read.clone(),
+        );
+        r.register(
+            "shared_written_bytes",
+            "Bytes written to the shared tier",
+            m.shared_bytes_written.clone(),
+        );
+        r.register(
+            "shared_lease_waits",
+            "Blob fetches that waited for another replica's upstream fetch",
+            m.shared_lease_waits.clone(),
         );
         Metrics {
             registry: Arc::new(r),

@@ -18,6 +18,8 @@
 //! - [`attest`]: portcullis' signed verification summaries, checked by sigstore-js and as cosign
 //!   checks a keyed attestation, and the admission-controller examples that read them.
 //! - [`pins`]: reviewed pins for unsigned images, `portcullis pin`, moved and immutable tags.
+//! - [`shared_tier`]: replicas sharing one bucket (moto): once across the fleet, a tampered or
+//!   stopped bucket, a replica killed mid-upload.
 //! - [`airgap`]: mirror, export, import and offline serving.
 //! - [`operations`]: TLS and mTLS, hot reload, metrics, health, logs, shutdown, and each
 //!   shipped client config with the real client.
@@ -42,5 +44,6 @@ mod provenance;
 mod pull_through;
 mod referrers;
 mod release;
+mod shared_tier;
 mod signatures;
 mod upstream_security;

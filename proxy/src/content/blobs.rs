@@ -1,7 +1,8 @@
 //! Small blobs read whole (signature payloads, envelopes, bundles, artifact configs): from the
 //! store, else from the upstream, capped at the size their descriptor gives, hash-checked, and
 //! cached only once the caller's `check` (what the bytes must be) has passed. Concurrent reads
-//! of one digest share one upstream fetch.
+//! of one digest share one upstream fetch. With a shared tier, the bucket is asked before the
+//! upstream and holds what passed.
 
 use std::io::Read as _;
 
@@ -56,18 +57,39 @@ pub async fn small(
             "{what} is not held, and this mirror is offline"
         )));
     }
-    let fetched = app
-        .fetching
-        .run(digest.clone(), || fetch(target, digest, size, &what))
-        .await?;
+    let (fetched, obtained) = match from_shared(app, digest, size).await {
+        Some(bytes) => (bytes, Obtained::Shared),
+        None => {
+            let bytes = app
+                .fetching
+                .run(digest.clone(), || fetch(target, digest, size, &what))
+                .await?;
+            (bytes, Obtained::Miss)
+        }
+    };
     let bytes = checked(fetched)?;
+    if let (Some(tier), Obtained::Miss) = (&app.shared, obtained) {
+        tier.put_small("evidence", digest, bytes.clone(), None);
+    }
     if app.store.has_blob(digest)?.is_none() {
         let mut w = app.store.blob_writer(digest, Some(bytes.len() as u64))?;
         w.write(bytes.clone())?;
         w.commit()?;
     }
     app.store.link(&target.name, digest)?;
-    Ok((bytes, Obtained::Miss))
+    Ok((bytes, obtained))
+}
+
+/// The blob from the shared tier, if it holds bytes that hash to `digest`.
+async fn from_shared(app: &App, digest: &Digest, size: u64) -> Option<Bytes> {
+    let tier = app.shared.as_ref()?;
+    let got = tier.small("evidence", digest, size).await?;
+    let actual = Digest::of(&got.bytes);
+    if &actual != digest {
+        tier.refused("evidence", digest, &format!("the bytes hash to {actual}"));
+        return None;
+    }
+    Some(got.bytes)
 }
 
 /// One GET of at most `size` bytes that hash to `digest`.

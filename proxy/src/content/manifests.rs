@@ -31,8 +31,55 @@ pub async fn by_digest(
     if app.offline() {
         return Err(offline_miss(&format!("{}@{digest}", target.name)));
     }
+    if let Some(m) = from_shared(app, target, digest, accept).await? {
+        return Ok((m, Obtained::Shared));
+    }
     let (_, m) = fetch(app, target, &digest.to_string(), Some(digest), accept).await?;
     Ok((m, Obtained::Miss))
+}
+
+/// The manifest `digest` from the shared tier, if it holds bytes that hash to it and read
+/// strictly, exactly as an upstream's would; held from then on. As for content held for another
+/// repository, a `HEAD` first asks whether this repository has it upstream.
+async fn from_shared(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    accept: &Accept,
+) -> Result<Option<Manifest>, ProxyError> {
+    let Some(tier) = &app.shared else {
+        return Ok(None);
+    };
+    let limit = app.config.server.max_manifest_size.as_u64();
+    let Some(got) = tier.small("manifest", digest, limit).await else {
+        return Ok(None);
+    };
+    let actual = Digest::of(&got.bytes);
+    if &actual != digest {
+        tier.refused("manifest", digest, &format!("the bytes hash to {actual}"));
+        return Ok(None);
+    }
+    match revalidate(target, &digest.to_string(), accept).await {
+        Ok(_) => {}
+        Err(e) if e.is_transient() => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let doc = match Document::parse(&got.bytes, got.content_type.as_deref()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tier.refused("manifest", digest, &e.to_string());
+            return Ok(None);
+        }
+    };
+    let refs = doc.all_refs();
+    app.store
+        .put_manifest(digest, &doc.media_type, &got.bytes, &refs)?;
+    app.store.link(&target.name, digest)?;
+    Ok(Some(Manifest {
+        media_type: doc.media_type,
+        bytes: got.bytes,
+        refs,
+    }))
 }
 
 /// Resolves a tag to a verified-by-hash manifest: cached mapping within `tag_ttl`, else a `HEAD`
@@ -72,6 +119,20 @@ async fn resolve_online(
     accept: &Accept,
 ) -> Result<(Digest, Manifest, Obtained), ProxyError> {
     let cache = &app.config.cache;
+    // The fleet's mapping, when a replica confirmed it more recently than this one: the TTL and
+    // stale rules then run on the fleet's last confirmation.
+    let id = format!("{}\0{key}", target.name);
+    let fresh_here = app.store.tag(&target.name, key)?.is_some_and(|rec| {
+        Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms)) < cache.tag_ttl
+    });
+    let mut shared = match &app.shared {
+        Some(tier) if !fresh_here => tier.record::<TagRecord>("tag", &id).await,
+        _ => None,
+    };
+    let adopted = match &shared {
+        Some(rec) => adopt(app, target, key, &rec.value, accept).await?,
+        None => false,
+    };
     let mut previous = None;
     if let Some(rec) = app.store.tag(&target.name, key)? {
         let age = Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms));
@@ -83,11 +144,16 @@ async fn resolve_online(
         previous = digest;
         if let Some((d, m)) = held {
             if age < cache.tag_ttl {
-                return Ok((d, m, Obtained::Hit));
+                let obtained = if adopted {
+                    Obtained::Shared
+                } else {
+                    Obtained::Hit
+                };
+                return Ok((d, m, obtained));
             }
             match revalidate(target, tag, accept).await {
                 Ok(Some(now)) if now == d => {
-                    remember(app, target, key, &d, &m.media_type)?;
+                    remember(app, target, key, &d, &m.media_type, shared.take())?;
                     return Ok((d, m, Obtained::Hit));
                 }
                 Ok(_) => {} // moved, or no digest header: fetch below
@@ -105,8 +171,47 @@ async fn resolve_online(
     if let Some(old) = previous.filter(|old| *old != digest) {
         moved(app, target, tag, &old, &digest);
     }
-    remember(app, target, key, &digest, &m.media_type)?;
+    remember(app, target, key, &digest, &m.media_type, shared.take())?;
     Ok((digest, m, Obtained::Miss))
+}
+
+/// Takes the shared tier's mapping `rec` for this replica's, if it is more recent and its
+/// manifest can be had (held, or from the shared tier with every check an upstream's gets).
+/// The bucket is no more trusted than the upstream: the gate decides on whatever it names, and a
+/// mapping dated in the future (which would never expire) is ignored.
+async fn adopt(
+    app: &App,
+    target: &Target,
+    key: &str,
+    rec: &TagRecord,
+    accept: &Accept,
+) -> Result<bool, ProxyError> {
+    let held = app.store.tag(&target.name, key)?;
+    if held.is_some_and(|h| h.fetched_at_ms >= rec.fetched_at_ms)
+        || rec.fetched_at_ms > now_ms() + 60_000
+    {
+        return Ok(false);
+    }
+    let Ok(digest) = rec.digest.parse::<Digest>() else {
+        return Ok(false);
+    };
+    let manifest = match app.store.manifest(&digest)? {
+        Some(m) => Some(m),
+        None => from_shared(app, target, &digest, accept)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(name = %target.name, %digest, error = %e,
+                    "shared tag mapping names a manifest this repository lacks: ignored");
+                None
+            }),
+    };
+    match manifest {
+        Some(m) if accept.accepts(&m.media_type) => {
+            app.store.put_tag(&target.name, key, rec)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// A tag that points elsewhere than when it was last seen: the seeds' first example of an
@@ -129,12 +234,17 @@ fn remember(
     key: &str,
     digest: &Digest,
     media_type: &str,
+    shared: Option<crate::shared::Record<TagRecord>>,
 ) -> Result<(), ProxyError> {
     let record = TagRecord {
         digest: digest.to_string(),
         media_type: media_type.to_owned(),
         fetched_at_ms: now_ms(),
     };
+    if let Some(tier) = &app.shared {
+        let id = format!("{}\0{key}", target.name);
+        tier.write_record("tag", &id, &record, shared);
+    }
     Ok(app.store.put_tag(&target.name, key, &record)?)
 }
 
@@ -262,6 +372,9 @@ async fn fetch_inner(
     app.store
         .put_manifest(&digest, &media_type, &bytes, &children)?;
     app.store.link(&target.name, &digest)?;
+    if let Some(tier) = &app.shared {
+        tier.put_small("manifest", &digest, bytes.clone(), content_type.clone());
+    }
     if app.store.size() > app.config.cache.max_size.as_u64() {
         let store = std::sync::Arc::clone(&app.store);
         let metrics = app.metrics.clone();

@@ -23,6 +23,8 @@ pub enum Obtained {
     Miss,
     /// From the store past its TTL, because the upstream is down.
     Stale,
+    /// From the shared tier (`[cache.shared]`), checked and now held.
+    Shared,
 }
 
 impl Obtained {
@@ -31,6 +33,7 @@ impl Obtained {
             Obtained::Hit => "hit",
             Obtained::Miss => "miss",
             Obtained::Stale => "stale",
+            Obtained::Shared => "shared",
         }
     }
 }

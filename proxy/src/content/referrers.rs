@@ -139,19 +139,49 @@ pub async fn referrers(
         };
     }
     let cache = &app.config.cache;
-    let age = held
-        .as_ref()
-        .map(|h| Duration::from_millis(now_ms().saturating_sub(h.fetched_at_ms)));
-    if let (Some(h), Some(age)) = (&held, age) {
-        if age < cache.tag_ttl {
+    let age_of =
+        |h: &HeldReferrers| Duration::from_millis(now_ms().saturating_sub(h.fetched_at_ms));
+    if let Some(h) = &held {
+        if age_of(h) < cache.tag_ttl {
             return Ok((Arc::clone(&h.index), Obtained::Hit));
         }
     }
+    // The fleet's list, when another replica fetched it more recently: same TTL and stale rules.
+    let mut shared = match &app.shared {
+        Some(tier) => {
+            tier.record::<Record<ReferrersIndex>>("referrers", &key)
+                .await
+        }
+        None => None,
+    };
+    let mut held = held;
+    if let Some(rec) = &shared {
+        let newer = held
+            .as_ref()
+            .is_none_or(|h| h.fetched_at_ms < rec.value.fetched_at_ms);
+        if newer && rec.value.fetched_at_ms <= now_ms() + 60_000 {
+            let index = Arc::new(ReferrersIndex::new(rec.value.index.manifests.clone()));
+            let h = adopt(app, &key, rec.value.fetched_at_ms, index)?;
+            if age_of(&h) < cache.tag_ttl {
+                return Ok((h.index, Obtained::Shared));
+            }
+            held = Some(h);
+        }
+    }
+    let age = held.as_ref().map(age_of);
     match fetch(app, target, subject).await {
         Ok((index, cacheable)) => {
             let index = Arc::new(index);
             if cacheable {
-                remember(app, key, &index)?;
+                remember(app, key.clone(), &index)?;
+                // Lists with no referrers stay with this replica, as they stay off its disk.
+                if let (Some(tier), false) = (&app.shared, index.manifests.is_empty()) {
+                    let record = Record {
+                        fetched_at_ms: now_ms(),
+                        index: (*index).clone(),
+                    };
+                    tier.write_record("referrers", &key, &record, shared.take());
+                }
             }
             Ok((index, Obtained::Miss))
         }
@@ -328,6 +358,27 @@ fn held(app: &App, key: &str) -> Result<Option<HeldReferrers>, ProxyError> {
     };
     app.referrers.insert(key.to_owned(), h.clone());
     Ok(Some(h))
+}
+
+/// Holds a list fetched by another replica at `fetched_at_ms`, as if fetched here then.
+fn adopt(
+    app: &App,
+    key: &str,
+    fetched_at_ms: u64,
+    index: Arc<ReferrersIndex>,
+) -> Result<HeldReferrers, ProxyError> {
+    let record = Record {
+        fetched_at_ms,
+        index: &*index,
+    };
+    let raw = serde_json::to_vec(&record).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    app.store.put_meta(META, key, &raw)?;
+    let held = HeldReferrers {
+        fetched_at_ms,
+        index,
+    };
+    app.referrers.insert(key.to_owned(), held.clone());
+    Ok(held)
 }
 
 fn remember(app: &App, key: String, index: &Arc<ReferrersIndex>) -> Result<(), ProxyError> {

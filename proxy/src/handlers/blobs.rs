@@ -1,7 +1,7 @@
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>`: from the cache (with `Range`), or through a
 //! single-flight fetch that hash-checks while it streams.
 
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_range_header::parse_range_header;
 use portcullis_cache::{Blob, Digest};
 
@@ -13,7 +13,6 @@ use crate::error::ProxyError;
 use crate::fetch::Progress;
 use crate::gate;
 use crate::route::Target;
-use crate::upstream::{content_length, status_error};
 
 pub async fn serve(
     app: &App,
@@ -37,7 +36,7 @@ pub async fn serve(
         }
         if !app.offline() && !app.store.is_linked(&target.name, digest)? {
             // Held for another repository: serve it here only if this one has it upstream too.
-            upstream_head(target, digest).await?;
+            crate::fetch::upstream_head(target, digest).await?;
             app.store.link(&target.name, digest)?;
         }
         if let Some(blob) = app.store.blob(digest)? {
@@ -53,7 +52,7 @@ pub async fn serve(
     }
     if head {
         outcome.cache = "miss";
-        let size = upstream_head(target, digest).await?;
+        let size = crate::fetch::upstream_head(target, digest).await?;
         if size != expected {
             return Err(wrong_size(size, "the upstream has"));
         }
@@ -163,21 +162,6 @@ fn headers(mut resp: Response<ResponseBody>, digest: &Digest, len: u64) -> Respo
 }
 
 /// Asks the upstream whether this repository holds the blob; its size if so.
-async fn upstream_head(target: &Target, digest: &Digest) -> Result<u64, ProxyError> {
-    let up = &target.upstream;
-    let what = format!("blob {}@{digest}", target.name);
-    let resp = up
-        .send(Method::HEAD, &target.repo, &format!("blobs/{digest}"), None)
-        .await?;
-    if !resp.status().is_success() {
-        return Err(status_error(&up.name, resp.status(), &what, || {
-            ProxyError::BlobUnknown(format!("{what} is not in the upstream"))
-        }));
-    }
-    content_length(&resp)
-        .ok_or_else(|| ProxyError::BadUpstream(format!("{what}: HEAD gave no Content-Length")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

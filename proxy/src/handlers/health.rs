@@ -27,6 +27,11 @@ pub fn readiness(app: &App) -> String {
         "offline": app.offline(),
         // Reported, never a reason to be unready: cached and stale content can still be served.
         "upstreams": app.router.upstreams().iter().map(|u| (u.name.clone(), u.reachability())).collect::<std::collections::BTreeMap<_, _>>(),
+        // Also reported only: without the bucket, each replica serves from itself and upstream.
+        "shared": app.shared.as_ref().map(|t| json!({
+            "url": t.config().url,
+            "state": if t.up() { "up" } else { "down" },
+        })),
     })
     .to_string()
 }

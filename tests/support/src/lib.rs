@@ -20,6 +20,9 @@
 //!   types ([`portcullis::Config`]) and written with [`to_toml`].
 //! - `containerd`: [`Containerd`] and `hosts.toml`.
 //! - `fault`: [`FaultServer`], an in-process upstream that fails on purpose.
+//! - `s3`: [`S3Server`], moto's S3 API (`moto_server`, from `scripts/setup --test`) with one
+//!   bucket, for the shared cache tier; [`Proxy::start_with_env`] gives the proxy its
+//!   credentials.
 //! - [`http`]: a small async plain-HTTP client for asserting on responses.
 //! - [`cosign`]: real offline cosign fixtures: key pairs, a test Sigstore (CA, log key,
 //!   `trusted_root.json`, leaves, SET bundles) and [`push_signature`] for `sha256-<hex>.sig`.
@@ -50,6 +53,7 @@ mod proxy;
 pub mod referrers;
 mod registry;
 mod rekor_body;
+mod s3;
 mod signer;
 pub mod tlog;
 mod tools;
@@ -70,6 +74,7 @@ pub use fixtures::{
 pub use proxy::{reload_by_sighup, Proxy};
 pub use referrers::push_referrer;
 pub use registry::Registry;
+pub use s3::S3Server;
 pub use tlog::TestLog;
 pub use tools::{dir_files, free_port, require_tools, sha256_hex, tempdir};
 pub use tsa::TestTsa;

@@ -18,6 +18,8 @@ pub(crate) struct Daemon {
     name: String,
     program: PathBuf,
     args: Vec<String>,
+    /// Set on top of the inherited environment, at every spawn.
+    env: Vec<(String, String)>,
     pub(crate) log: PathBuf,
     child: Option<Child>,
 }
@@ -28,9 +30,15 @@ impl Daemon {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
+            env: Vec::new(),
             log,
             child: None,
         }
+    }
+
+    /// Adds `vars` to the environment of this and every later spawn.
+    pub(crate) fn envs(&mut self, vars: &[(String, String)]) {
+        self.env.extend_from_slice(vars);
     }
 
     /// Starts the process (it must not be running), appending its output to the log.
@@ -44,6 +52,7 @@ impl Daemon {
         let err = out.try_clone().expect("clone log handle");
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -59,6 +68,11 @@ impl Daemon {
     /// Polls `GET /v2/` on `addr` until it answers with a status that `ok` accepts. Panics with
     /// the log tail on timeout or if the process exits first.
     pub(crate) fn wait_ready(&mut self, addr: SocketAddr, ok: impl Fn(u16) -> bool) {
+        self.wait_ready_at(addr, "/v2/", ok);
+    }
+
+    /// As [`Daemon::wait_ready`], polling `GET path` instead: a server that is no registry.
+    pub(crate) fn wait_ready_at(&mut self, addr: SocketAddr, path: &str, ok: impl Fn(u16) -> bool) {
         let start = Instant::now();
         let mut last = String::from("no answer yet");
         while start.elapsed() < READY_TIMEOUT {
@@ -70,7 +84,7 @@ impl Daemon {
                     log_tail(&self.log, 40)
                 );
             }
-            match blocking_http(addr, "GET", "/v2/", &[], &[]) {
+            match blocking_http(addr, "GET", path, &[], &[]) {
                 Ok(r) if ok(r.status) => return,
                 Ok(r) => last = format!("status {}", r.status),
                 Err(e) => last = e.to_string(),
@@ -79,7 +93,7 @@ impl Daemon {
         }
         let _ = self.kill();
         panic!(
-            "{} not ready on http://{addr}/v2/ after {READY_TIMEOUT:?} (last: {last}); log {}:\n{}",
+            "{} not ready on http://{addr}{path} after {READY_TIMEOUT:?} (last: {last}); log {}:\n{}",
             self.name,
             self.log.display(),
             log_tail(&self.log, 40)

@@ -34,6 +34,17 @@ impl Proxy {
     /// appended to `workdir/proxy.log`, and waits until `GET /v2/` answers 200, or 401 with
     /// `[auth]` on (20 s; panics with the log tail).
     pub fn start(bin: &Path, workdir: &Path, config: &(impl ProxyConfig + ?Sized)) -> Proxy {
+        Proxy::start_with_env(bin, workdir, config, &[])
+    }
+
+    /// As [`Proxy::start`], with `env` added to the inherited environment, for this run and
+    /// every restart (e.g. [`S3Server::proxy_env`](crate::S3Server::proxy_env)).
+    pub fn start_with_env(
+        bin: &Path,
+        workdir: &Path,
+        config: &(impl ProxyConfig + ?Sized),
+        env: &[(String, String)],
+    ) -> Proxy {
         std::fs::create_dir_all(workdir).expect("create proxy workdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = workdir.join("data");
@@ -47,7 +58,8 @@ impl Proxy {
             config.display().to_string(),
         ];
         let name = format!("portcullis on {addr}");
-        let daemon = Daemon::new(&name, bin, args, log.clone());
+        let mut daemon = Daemon::new(&name, bin, args, log.clone());
+        daemon.envs(env);
         let mut proxy = Proxy {
             addr,
             data_dir,

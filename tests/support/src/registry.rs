@@ -218,7 +218,7 @@ impl Registry {
 }
 
 /// Method and URI of a combined-format access-log line, `None` for any other line.
-fn access_line(line: &str) -> Option<(&str, &str)> {
+pub(crate) fn access_line(line: &str) -> Option<(&str, &str)> {
     // `127.0.0.1 - - [22/Nov/2026:01:49:40 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "ua"`
     let (_, rest) = line.split_once("] \"")?;
     let (request, _) = rest.split_once('"')?;

@@ -1,0 +1,431 @@
+//! Replicas sharing one verified tier (`[cache.shared]`) in a real S3 API server (moto, on
+//! loopback), in front of a real upstream (distribution 2.8):
+//!
+//! - [`a_pull_through_one_replica_is_served_by_another_from_the_bucket`]: zero upstream GETs
+//!   for B's pull of what A pulled.
+//! - [`twenty_cold_pulls_over_two_replicas_make_one_upstream_get`]: the fleet-wide lease.
+//! - [`tampered_bucket_objects_are_refused_and_fetched_from_upstream`]: the bucket is not
+//!   trusted.
+//! - [`pulls_keep_working_with_the_bucket_stopped`]: and the tier comes back with the bucket.
+//! - [`a_replica_killed_mid_upload_leaves_nothing_visible`]: multipart completes only after the
+//!   match, and the dead replica's lease runs out.
+//! - [`a_denied_image_stays_denied_on_every_replica`]: evidence is shared, verdicts are not.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use portcullis_cache::shared::SharedConfig;
+use portcullis_testkit::cosign::{push_signature, simple_signing_payload, CosignKey, SigLayer};
+use portcullis_testkit::dir_files as files;
+use portcullis_testkit::referrers::OCI_MANIFEST;
+use portcullis_testkit::{
+    http, manifest_digest_in_registry, push, require_tools, sha256_hex, skopeo_copy, tempdir,
+    ConfigBuilder, Image, Proxy, Registry, Rule, S3Server,
+};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+/// Where in the bucket the fleet keeps its tier.
+const PREFIX: &str = "fleet";
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    registry: Registry,
+    s3: S3Server,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        require_tools();
+        let dir = tempdir();
+        let registry = Registry::start(dir.path());
+        let s3 = S3Server::start(dir.path());
+        Fleet { dir, registry, s3 }
+    }
+
+    fn shared(&self) -> SharedConfig {
+        serde_json::from_value(json!({
+            "url": format!("s3://{}/{PREFIX}", self.s3.bucket()),
+            "endpoint": self.s3.endpoint(),
+            "region": "us-east-1",
+            "timeout": "2s",
+            "lease_ttl": "4s",
+            "retry_after": "1s",
+        }))
+        .unwrap()
+    }
+
+    /// A replica named `name` with `config` and the fleet's bucket.
+    fn replica(&self, name: &str, config: ConfigBuilder) -> Proxy {
+        let shared = self.shared();
+        let config = config.cache(|c| c.shared = Some(shared));
+        Proxy::start_with_env(
+            Path::new(BIN),
+            &self.dir.path().join(name),
+            &config,
+            &self.s3.proxy_env(),
+        )
+    }
+
+    fn pull_through(&self) -> ConfigBuilder {
+        ConfigBuilder::pull_through(&self.registry.host(), &self.registry.url())
+    }
+
+    fn blob_key(&self, digest: &str) -> String {
+        format!(
+            "{PREFIX}/blobs/sha256/{}",
+            digest.trim_start_matches("sha256:")
+        )
+    }
+
+    fn manifest_key(&self, digest: &str) -> String {
+        format!(
+            "{PREFIX}/manifests/sha256/{}",
+            digest.trim_start_matches("sha256:")
+        )
+    }
+
+    /// Upstream GETs of `repo`'s blobs and manifests.
+    fn gets(&self, repo: &str) -> (usize, usize) {
+        (
+            self.registry
+                .count_requests("GET", &format!("/v2/{repo}/blobs/")),
+            self.registry
+                .count_requests("GET", &format!("/v2/{repo}/manifests/")),
+        )
+    }
+
+    /// The upstream's manifest `repo:reference` as JSON.
+    async fn manifest(&self, repo: &str, reference: &str) -> Value {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.registry.url());
+        let r = http::request("GET", &url, &[("Accept", OCI_MANIFEST)]).await;
+        assert_eq!(r.status, 200, "GET {url}");
+        serde_json::from_slice(&r.body).unwrap()
+    }
+}
+
+/// Waits (up to 30 s) for `done`, which the replicas' background uploads make true.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waited 30 s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn layers(manifest: &Value) -> Vec<String> {
+    let mut out = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    for l in manifest["layers"].as_array().unwrap() {
+        out.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    out
+}
+
+/// A's pull fills the bucket (content, the tag mapping); B's pull of the same image then makes
+/// no upstream GET at all, and both copies are the upstream's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_through_one_replica_is_served_by_another_from_the_bucket() {
+    let f = Fleet::start();
+    let repo = "test/small";
+    push(Image::Small, &f.registry, &format!("{repo}:v1"));
+    let manifest = f.manifest(repo, "v1").await;
+    let digest = manifest_digest_in_registry(&f.registry, repo, "v1");
+    let a = f.replica("a", f.pull_through());
+    let b = f.replica("b", f.pull_through());
+
+    let direct = f.dir.path().join("direct");
+    skopeo_copy(&format!("{}/{repo}:v1", f.registry.host()), &direct).unwrap();
+    let via_a = f.dir.path().join("via-a");
+    skopeo_copy(&format!("{}/{repo}:v1", a.host()), &via_a)
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log_contents()));
+    wait_until("A's uploads", || {
+        layers(&manifest)
+            .iter()
+            .all(|d| f.s3.get(&f.blob_key(d)).is_some())
+            && f.s3.get(&f.manifest_key(&digest)).is_some()
+            && !f.s3.keys(&format!("{PREFIX}/records/tag/")).is_empty()
+    });
+
+    let before = f.gets(repo);
+    let via_b = f.dir.path().join("via-b");
+    skopeo_copy(&format!("{}/{repo}:v1", b.host()), &via_b)
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.log_contents()));
+    let after = f.gets(repo);
+    assert_eq!(
+        before,
+        after,
+        "B's pull made upstream GETs (blobs, manifests)\n{}",
+        b.log_contents()
+    );
+    assert_eq!(files(&direct), files(&via_a));
+    assert_eq!(files(&direct), files(&via_b));
+    assert!(
+        b.log_contents().contains("shared"),
+        "B's request log shows content from the shared tier\n{}",
+        b.log_contents()
+    );
+}
+
+/// Ten cold GETs of a 50 MiB layer at each of two replicas: one replica claims the fetch, the
+/// other waits for its upload and reads the bucket; the upstream sees one GET.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_cold_pulls_over_two_replicas_make_one_upstream_get() {
+    let f = Fleet::start();
+    let repo = "test/big";
+    push(Image::Big, &f.registry, &format!("{repo}:v1"));
+    let manifest = f.manifest(repo, "v1").await;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let a = f.replica("a", f.pull_through());
+    let b = f.replica("b", f.pull_through());
+    for p in [&a, &b] {
+        let url = format!("{}/v2/{repo}/manifests/v1", p.url());
+        let r = http::request("GET", &url, &[("Accept", OCI_MANIFEST)]).await;
+        assert_eq!(r.status, 200, "{}", p.log_contents());
+    }
+
+    let urls: Vec<String> = (0..20)
+        .map(|i| {
+            let p = if i % 2 == 0 { &a } else { &b };
+            format!("{}/v2/{repo}/blobs/{layer}", p.url())
+        })
+        .collect();
+    let bodies = join_all(urls.iter().map(|u| http::get(u))).await;
+    for (u, r) in urls.iter().zip(&bodies) {
+        assert_eq!(
+            r.status,
+            200,
+            "{u}\nA:\n{}\nB:\n{}",
+            a.log_contents(),
+            b.log_contents()
+        );
+        assert_eq!(sha256_hex(&r.body), layer, "{u}");
+    }
+    let gets = f
+        .registry
+        .count_requests("GET", &format!("/v2/{repo}/blobs/{layer}"));
+    assert_eq!(gets, 1, "upstream GETs of the layer over both replicas");
+}
+
+/// Objects in the bucket that do not hash to their keys (a layer of the right size, a manifest)
+/// are refused by B, which pulls from the upstream instead, correctly, and drops them.
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_bucket_objects_are_refused_and_fetched_from_upstream() {
+    let f = Fleet::start();
+    let repo = "test/small";
+    push(Image::Small, &f.registry, &format!("{repo}:v1"));
+    let manifest = f.manifest(repo, "v1").await;
+    let digest = manifest_digest_in_registry(&f.registry, repo, "v1");
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let a = f.replica("a", f.pull_through());
+    skopeo_copy(
+        &format!("{}/{repo}:v1", a.host()),
+        &f.dir.path().join("via-a"),
+    )
+    .unwrap();
+    let (layer_key, manifest_key) = (f.blob_key(&layer), f.manifest_key(&digest));
+    wait_until("A's uploads", || {
+        f.s3.get(&layer_key).is_some() && f.s3.get(&manifest_key).is_some()
+    });
+    let mut evil = f.s3.get(&layer_key).unwrap();
+    evil.iter_mut().take(64).for_each(|b| *b ^= 0xff);
+    f.s3.put(&layer_key, &evil);
+    let mut evil_manifest = f.s3.get(&manifest_key).unwrap();
+    evil_manifest.extend_from_slice(b"\n");
+    f.s3.put(&manifest_key, &evil_manifest);
+
+    let b = f.replica("b", f.pull_through());
+    let before = f
+        .registry
+        .count_requests("GET", &format!("/v2/{repo}/blobs/{layer}"));
+    let direct = f.dir.path().join("direct");
+    skopeo_copy(&format!("{}/{repo}:v1", f.registry.host()), &direct).unwrap();
+    let via_b = f.dir.path().join("via-b");
+    skopeo_copy(&format!("{}/{repo}:v1", b.host()), &via_b)
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.log_contents()));
+    assert_eq!(files(&direct), files(&via_b));
+    let log = b.log_contents();
+    assert!(log.contains("shared tier object refused"), "{log}");
+    assert!(
+        f.registry
+            .count_requests("GET", &format!("/v2/{repo}/blobs/{layer}"))
+            > before,
+        "the layer came from the upstream\n{log}"
+    );
+    // Dropped, then written again from B's verified copy.
+    wait_until("the bucket's layer to hash right", || {
+        f.s3.get(&layer_key)
+            .is_none_or(|bytes| sha256_hex(&bytes) == layer)
+    });
+}
+
+/// The bucket killed mid-run: both replicas keep serving (cold and warm) with a log line, and
+/// once it is back the tier fills again.
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_keep_working_with_the_bucket_stopped() {
+    let mut f = Fleet::start();
+    push(Image::Small, &f.registry, "test/small:v1");
+    push(Image::DockerV2s2, &f.registry, "test/docker:v1");
+    let a = f.replica("a", f.pull_through());
+    let b = f.replica("b", f.pull_through());
+    skopeo_copy(
+        &format!("{}/test/small:v1", a.host()),
+        &f.dir.path().join("a1"),
+    )
+    .unwrap();
+
+    f.s3.stop();
+    for (p, image, out) in [
+        (&a, "test/small:v1", "a2"),
+        (&b, "test/small:v1", "b1"),
+        (&b, "test/docker:v1", "b2"),
+    ] {
+        skopeo_copy(&format!("{}/{image}", p.host()), &f.dir.path().join(out))
+            .unwrap_or_else(|e| panic!("{image} with the bucket down: {e}\n{}", p.log_contents()));
+    }
+    assert!(
+        b.log_contents().contains("shared tier failed"),
+        "{}",
+        b.log_contents()
+    );
+
+    f.s3.start_again();
+    std::thread::sleep(Duration::from_millis(1500)); // retry_after
+    skopeo_copy(
+        &format!("{}/test/docker:v1", a.host()),
+        &f.dir.path().join("a3"),
+    )
+    .unwrap();
+    // Its layers are small's, held by A already; its manifest and tag mapping are new.
+    wait_until("the tier to fill again", || {
+        !f.s3.keys(&format!("{PREFIX}/manifests/")).is_empty()
+    });
+}
+
+/// A replica killed with SIGKILL while its 50 MiB layer goes up in parts: no object appears (the
+/// upload was never completed); B, once the dead replica's lease ran out, fetches and shares it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_upload_leaves_nothing_visible() {
+    let f = Fleet::start();
+    let repo = "test/big";
+    push(Image::Big, &f.registry, &format!("{repo}:v1"));
+    let manifest = f.manifest(repo, "v1").await;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let key = f.blob_key(&layer);
+    let mut a = f.replica("a", f.pull_through());
+    let url = format!("{}/v2/{repo}/manifests/v1", a.url());
+    assert_eq!(
+        http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
+            .await
+            .status,
+        200
+    );
+
+    let blob = format!("{}/v2/{repo}/blobs/{layer}", a.url());
+    let r = http::get(&blob).await;
+    assert_eq!(r.status, 200);
+    // The upload starts once A verified and committed the layer: catch it in flight.
+    let start = Instant::now();
+    while f.s3.uploads_in_progress() == 0 {
+        assert!(
+            f.s3.get(&key).is_none(),
+            "the upload finished before it could be interrupted"
+        );
+        assert!(start.elapsed() < Duration::from_secs(30), "no upload began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    a.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(f.s3.get(&key).is_none(), "a partial upload became visible");
+
+    let b = f.replica("b", f.pull_through());
+    let url = format!("{}/v2/{repo}/manifests/v1", b.url());
+    assert_eq!(
+        http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
+            .await
+            .status,
+        200
+    );
+    let r = http::get(&format!("{}/v2/{repo}/blobs/{layer}", b.url())).await;
+    assert_eq!(r.status, 200, "{}", b.log_contents());
+    assert_eq!(sha256_hex(&r.body), layer);
+    wait_until("B's upload", || f.s3.get(&key).is_some());
+    let shared = f.s3.get(&key).unwrap();
+    assert_eq!(sha256_hex(&shared), layer);
+}
+
+/// An unsigned image under a keyed rule: denied by A, and by B although the bucket holds its
+/// manifest and blobs; a signed one passes on both. Each replica decides for itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_image_stays_denied_on_every_replica() {
+    let f = Fleet::start();
+    let key = CosignKey::generate();
+    key.write_public(&f.dir.path().join("release.pub"));
+    let host = f.registry.host();
+    push(Image::Small, &f.registry, "keyed/signed:v1");
+    push(Image::Small, &f.registry, "keyed/unsigned:v1");
+    let signed = manifest_digest_in_registry(&f.registry, "keyed/signed", "v1");
+    let payload = simple_signing_payload(&format!("{host}/keyed/signed"), &signed);
+    let layer = SigLayer {
+        signature_b64: key.sign(&payload),
+        payload,
+        ..SigLayer::default()
+    };
+    push_signature(&f.registry, "keyed/signed", &signed, &[layer]);
+    let config = || {
+        ConfigBuilder::new()
+            .default_upstream(&host, &f.registry.url())
+            .trust_key("release", &f.dir.path().join("release.pub"))
+            .rule(Rule::new("keyed", &[&format!("{host}/keyed/**")]).key("release"))
+    };
+    let a = f.replica("a", config());
+    let b = f.replica("b", config());
+    let status = |p: &Proxy, repo: &str| {
+        let url = format!("{}/v2/{repo}/manifests/v1", p.url());
+        async move {
+            http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
+                .await
+                .status
+        }
+    };
+    assert_eq!(
+        status(&a, "keyed/signed").await,
+        200,
+        "{}",
+        a.log_contents()
+    );
+    assert_eq!(
+        status(&a, "keyed/unsigned").await,
+        403,
+        "{}",
+        a.log_contents()
+    );
+    wait_until("A's shared signature", || {
+        !f.s3.keys(&format!("{PREFIX}/records/tag/")).is_empty()
+    });
+    assert_eq!(
+        status(&b, "keyed/signed").await,
+        200,
+        "{}",
+        b.log_contents()
+    );
+    assert_eq!(
+        status(&b, "keyed/unsigned").await,
+        403,
+        "{}",
+        b.log_contents()
+    );
+    let unsigned_layer = f.manifest("keyed/unsigned", "v1").await["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = http::get(&format!(
+        "{}/v2/keyed/unsigned/blobs/{unsigned_layer}",
+        b.url()
+    ))
+    .await;
+    assert_ne!(r.status, 200, "a blob of the denied image was served by B");
+}
