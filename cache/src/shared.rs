@@ -31,6 +31,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{now_ms, Digest, Hasher};
 
+pub use object_store::path::Path as Key;
 pub use object_store::UpdateVersion;
 
 /// Blobs up to this size go up in one conditional `PUT`; larger ones in parts of this size.

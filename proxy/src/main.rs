@@ -122,6 +122,10 @@ enum Failure {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Pin(#[from] PinError),
+    #[error("the configuration has no [cache.shared] to collect")]
+    NoSharedTier,
+    #[error("collecting the shared tier: {0}")]
+    Shared(#[from] portcullis_cache::shared::SharedError),
     #[error("cannot read the secret from standard input: {0}")]
     Stdin(#[source] std::io::Error),
     #[error("cannot hash the secret: {0}")]
@@ -145,10 +149,21 @@ enum CacheAction {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Evict to the configured size and remove unreferenced blobs.
+    /// Evict to the configured size and remove unreferenced blobs. With --shared, collect the
+    /// `[cache.shared]` bucket instead (safe while replicas serve): delete what no manifest
+    /// named by a tag mapping or referrer list written within --keep references.
     Gc {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        #[arg(long)]
+        shared: bool,
+        /// With --shared: records older than this keep nothing (and are deleted).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        keep: std::time::Duration,
+        /// With --shared: content younger than this is never deleted (a pull under way may not
+        /// have written the tag mapping that keeps it yet).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
     },
 }
 
@@ -205,10 +220,19 @@ fn main() -> ExitCode {
                 Ok(ok)
             })
         }
+        Command::Cache {
+            action:
+                CacheAction::Gc {
+                    config,
+                    shared: true,
+                    keep,
+                    grace,
+                },
+        } => gc_shared(config.as_deref(), keep, grace),
         Command::Cache { action } => {
             let (config, gc) = match action {
                 CacheAction::Ls { config } => (config, false),
-                CacheAction::Gc { config } => (config, true),
+                CacheAction::Gc { config, .. } => (config, true),
             };
             return run_app(config.as_deref(), |app, _| {
                 if gc {
@@ -252,6 +276,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+/// `cache gc --shared`: the bucket alone, without this node's cache (which a serving replica
+/// holds open).
+fn gc_shared(
+    config: Option<&std::path::Path>,
+    keep: std::time::Duration,
+    grace: std::time::Duration,
+) -> Result<(), Failure> {
+    let config = load(config)?;
+    let shared = config.cache.shared.as_ref().ok_or(Failure::NoSharedTier)?;
+    let rt = runtime()?;
+    let done = rt.block_on(async {
+        let bucket = portcullis_cache::shared::Shared::open(shared, "gc")?;
+        portcullis::shared::gc::collect(&bucket, keep, grace).await
+    })?;
+    println!("{done}");
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

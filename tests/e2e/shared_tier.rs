@@ -10,6 +10,7 @@
 //! - [`a_replica_killed_mid_upload_leaves_nothing_visible`]: multipart completes only after the
 //!   match, and the dead replica's lease runs out.
 //! - [`a_denied_image_stays_denied_on_every_replica`]: evidence is shared, verdicts are not.
+//! - [`gc_deletes_only_what_no_kept_manifest_references`]: `portcullis cache gc --shared`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use portcullis_testkit::dir_files as files;
 use portcullis_testkit::referrers::OCI_MANIFEST;
 use portcullis_testkit::{
     http, manifest_digest_in_registry, push, require_tools, sha256_hex, skopeo_copy, tempdir,
-    ConfigBuilder, Image, Proxy, Registry, Rule, S3Server,
+    write_cli_config, ConfigBuilder, Image, Proxy, Registry, Rule, S3Server,
 };
 use serde_json::{json, Value};
 
@@ -428,4 +429,80 @@ async fn a_denied_image_stays_denied_on_every_replica() {
     ))
     .await;
     assert_ne!(r.status, 200, "a blob of the denied image was served by B");
+}
+
+/// A's pull, plus an object nothing references and an abandoned upload's worth of garbage:
+/// `gc --shared` deletes the unreferenced object only, and B still pulls everything from the
+/// bucket; with `--keep 0s` no record keeps anything, and the bucket is emptied of content.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_deletes_only_what_no_kept_manifest_references() {
+    let f = Fleet::start();
+    let repo = "test/small";
+    push(Image::Small, &f.registry, &format!("{repo}:v1"));
+    let manifest = f.manifest(repo, "v1").await;
+    let digest = manifest_digest_in_registry(&f.registry, repo, "v1");
+    let a = f.replica("a", f.pull_through());
+    skopeo_copy(
+        &format!("{}/{repo}:v1", a.host()),
+        &f.dir.path().join("via-a"),
+    )
+    .unwrap();
+    let held: Vec<String> = layers(&manifest)
+        .iter()
+        .map(|d| f.blob_key(d))
+        .chain([f.manifest_key(&digest)])
+        .collect();
+    wait_until("A's uploads", || {
+        held.iter().all(|k| f.s3.get(k).is_some())
+            && !f.s3.keys(&format!("{PREFIX}/records/tag/")).is_empty()
+    });
+    let garbage = b"referenced by nothing".to_vec();
+    let garbage_key = f.blob_key(&sha256_hex(&garbage));
+    f.s3.put(&garbage_key, &garbage);
+
+    let config = f.dir.path().join("gc.toml");
+    let shared = f.shared();
+    write_cli_config(
+        &config,
+        &f.pull_through().cache(|c| c.shared = Some(shared)),
+        &f.dir.path().join("gc-data"),
+    );
+    let gc = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["cache", "gc", "--shared", "--grace", "0s", "--config"])
+            .arg(&config)
+            .args(extra)
+            .envs(f.s3.proxy_env())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "gc --shared: {text}");
+        text
+    };
+    let report = gc(&[]);
+    assert!(f.s3.get(&garbage_key).is_none(), "garbage kept: {report}");
+    for k in &held {
+        assert!(f.s3.get(k).is_some(), "{k} deleted: {report}");
+    }
+
+    let b = f.replica("b", f.pull_through());
+    let before = f.gets(repo);
+    skopeo_copy(
+        &format!("{}/{repo}:v1", b.host()),
+        &f.dir.path().join("via-b"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log_contents()));
+    assert_eq!(before, f.gets(repo), "B pulled from the bucket after gc");
+
+    let report = gc(&["--keep", "0s"]);
+    for k in &held {
+        assert!(
+            f.s3.get(k).is_none(),
+            "{k} kept by an expired record: {report}"
+        );
+    }
 }

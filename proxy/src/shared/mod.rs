@@ -6,6 +6,8 @@
 //! tier is skipped for `retry_after`, so a bucket that is down or slow costs clients nothing but
 //! the replicas' sharing.
 
+pub mod gc;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
