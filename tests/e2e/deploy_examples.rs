@@ -1,10 +1,14 @@
 //! The deployment examples in `config/kubernetes/` and `config/systemd/` hold together: every
-//! YAML document parses and has the shape Kubernetes wants, the Deployment is hardened and probed,
-//! the Service, volumes and ConfigMap agree with each other and with the config they carry (which
-//! portcullis itself loads), the nodes' `hosts.toml` makes the Service every endpoint (so that a
-//! denial is final), the egress NetworkPolicy lets pods reach portcullis and DNS only, and the
-//! systemd unit runs the binary the way the Dockerfile does. With `kubernetes-validate` (PyPI: bundled schemas,
-//! offline) or `kubeconform` on `PATH`, the manifests are also checked against the API schemas.
+//! YAML document parses and has the shape Kubernetes wants, both Deployments (single and fleet)
+//! are hardened and probed, the Service, volumes and ConfigMaps agree with each other and with the
+//! config they carry (which portcullis itself loads), the nodes' `hosts.toml` makes the Service
+//! every endpoint (so that a denial is final), the egress NetworkPolicy lets pods reach portcullis
+//! and DNS only, and the systemd unit runs the binary the way the Dockerfile does. The fleet is a
+//! drop-in for the single Deployment (same Service, container and pod security), spreads its
+//! replicas over the nodes under a PodDisruptionBudget a drain can honour, keeps each replica's
+//! cache within its emptyDir and reads the bucket's credentials from a Secret. With
+//! `kubernetes-validate` (PyPI: bundled schemas, offline) or `kubeconform` on `PATH`, the
+//! manifests are also checked against the API schemas.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use serde_json::Value;
 const PORTCULLIS_YAML: &str = "kubernetes/portcullis.yaml";
 const DAEMONSET_YAML: &str = "kubernetes/containerd-hosts-daemonset.yaml";
 const EGRESS_YAML: &str = "kubernetes/registry-egress-networkpolicy.yaml";
+const FLEET_YAML: &str = "kubernetes/portcullis-fleet.yaml";
 const UNIT: &str = "systemd/portcullis.service";
 const CONFIG_PATH: &str = "/etc/portcullis/portcullis.toml";
 
@@ -152,7 +157,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 
 #[test]
 fn every_document_names_its_api_version_kind_and_name() {
-    for rel in [PORTCULLIS_YAML, DAEMONSET_YAML, EGRESS_YAML] {
+    for rel in [PORTCULLIS_YAML, FLEET_YAML, DAEMONSET_YAML, EGRESS_YAML] {
         let docs = documents(rel);
         // The egress policy goes into the user's own namespace: the file creates none.
         let creates_its_namespaces = rel != EGRESS_YAML;
@@ -175,6 +180,7 @@ fn every_document_names_its_api_version_kind_and_name() {
                 "Namespace" | "ConfigMap" | "PersistentVolumeClaim" | "Service" => "v1",
                 "Deployment" | "DaemonSet" => "apps/v1",
                 "NetworkPolicy" => "networking.k8s.io/v1",
+                "PodDisruptionBudget" => "policy/v1",
                 other => panic!("{rel}: unexpected kind {other}"),
             };
             assert_eq!(api, expected_api, "{rel}: {kind} {name}");
@@ -199,34 +205,6 @@ fn every_document_names_its_api_version_kind_and_name() {
 
 #[test]
 fn deployment_is_probed_hardened_and_limited() {
-    let docs = documents(PORTCULLIS_YAML);
-    let deploy = find(&docs, "Deployment", Some("portcullis"));
-    assert_eq!(deploy["spec"]["replicas"], 1);
-    assert_eq!(
-        deploy["spec"]["strategy"]["type"], "Recreate",
-        "the RocksDB cache on a RWO volume cannot be opened by two pods"
-    );
-    let selector = &deploy["spec"]["selector"]["matchLabels"];
-    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in selector.as_object().expect("matchLabels") {
-        assert_eq!(
-            &labels[k], v,
-            "the pod template carries the selector's labels"
-        );
-    }
-
-    let pod = pod_spec(deploy);
-    let c = container(deploy, "portcullis");
-
-    // Probes: liveness on /healthz, readiness on /readyz, both on the registry port.
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-        let get = &c[probe]["httpGet"];
-        assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(resolve_port(c, &get["port"]), 5000, "{probe} port");
-    }
-
-    // The same user as the image, never root, nothing to escalate to, nothing writable but
-    // the volumes.
     let dockerfile = std::fs::read_to_string(config_dir().join("../Dockerfile")).unwrap();
     let image_user: u64 = dockerfile
         .lines()
@@ -235,94 +213,141 @@ fn deployment_is_probed_hardened_and_limited() {
         .trim()
         .parse()
         .expect("a numeric USER");
-    let sc = &c["securityContext"];
-    let psc = &pod["securityContext"];
-    assert!(sc["runAsNonRoot"] == true || psc["runAsNonRoot"] == true);
-    assert_ne!(sc["runAsNonRoot"], false);
-    let uid = if sc["runAsUser"].is_null() {
-        &psc["runAsUser"]
-    } else {
-        &sc["runAsUser"]
-    };
-    assert_eq!(uid, image_user, "the Dockerfile's USER");
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["privileged"], Value::Null);
-    assert!(
-        array_of(&sc["capabilities"]["drop"], "capabilities.drop").contains(&"ALL".into()),
-        "drops ALL capabilities"
-    );
-    assert!(sc["capabilities"]["add"].is_null(), "adds no capability");
-    let seccomp = if sc["seccompProfile"].is_null() {
-        &psc["seccompProfile"]
-    } else {
-        &sc["seccompProfile"]
-    };
-    assert_eq!(seccomp["type"], "RuntimeDefault");
-    assert_eq!(pod["hostNetwork"], Value::Null);
-
-    // Requests and limits for both CPU and memory.
-    for kind in ["requests", "limits"] {
-        for res in ["cpu", "memory"] {
-            assert!(
-                !c["resources"][kind][res].is_null(),
-                "resources.{kind}.{res} is set"
-            );
-        }
-    }
-
-    // Volumes: /tmp is an emptyDir (the root filesystem is read-only), the config a ConfigMap
-    // mounted whole (a subPath mount would never see an update, so reload could not work).
-    let volumes = array_of(&pod["volumes"], "volumes");
-    let mounts = array_of(&c["volumeMounts"], "volumeMounts");
-    let volume_at = |path: &str| -> &Value {
-        let m = mounts
-            .iter()
-            .find(|m| m["mountPath"] == path)
-            .unwrap_or_else(|| panic!("something is mounted at {path}"));
-        assert!(m["subPath"].is_null(), "{path} is not a subPath mount");
-        volumes
-            .iter()
-            .find(|v| v["name"] == m["name"])
-            .unwrap_or_else(|| panic!("the volume mounted at {path} exists"))
-    };
-    assert!(
-        volume_at("/tmp")["emptyDir"].is_object(),
-        "/tmp is an emptyDir"
-    );
-    let config_volume = volume_at("/etc/portcullis");
-    assert_eq!(config_volume["configMap"]["name"], "portcullis-config");
-    assert!(CONFIG_PATH.starts_with("/etc/portcullis/"));
-    let _ = find(&docs, "ConfigMap", Some("portcullis-config"));
-
-    // It runs the image's default command, on the file the ConfigMap provides.
-    let args: Vec<&str> = array_of(&c["args"], "args")
-        .iter()
-        .map(|a| str_of(a, "arg"))
-        .collect();
-    assert_eq!(args, ["serve", "--config", CONFIG_PATH]);
     assert!(
         dockerfile.contains(r#"CMD ["serve", "--config", "/etc/portcullis/portcullis.toml"]"#),
         "the Dockerfile's CMD is what the Deployment runs"
     );
+    for rel in [PORTCULLIS_YAML, FLEET_YAML] {
+        let docs = documents(rel);
+        let deploy = find(&docs, "Deployment", Some("portcullis"));
+        // The fleet's replicas and rollout are fleet_shares_a_bucket_and_survives_a_drain's.
+        if rel == PORTCULLIS_YAML {
+            assert_eq!(deploy["spec"]["replicas"], 1);
+            assert_eq!(
+                deploy["spec"]["strategy"]["type"], "Recreate",
+                "the RocksDB cache on a RWO volume cannot be opened by two pods"
+            );
+        }
+        let selector = &deploy["spec"]["selector"]["matchLabels"];
+        let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in selector.as_object().expect("matchLabels") {
+            assert_eq!(
+                &labels[k], v,
+                "{rel}: the pod template carries the selector's labels"
+            );
+        }
 
-    // Kubernetes waits at least the shutdown grace before SIGKILL.
-    let cfg = configmap_toml_value(&docs);
-    let grace = humantime::parse_duration(toml_str(&cfg, &["server", "shutdown_grace"])).unwrap();
-    let k8s_grace = pod["terminationGracePeriodSeconds"]
-        .as_u64()
-        .expect("terminationGracePeriodSeconds");
-    assert!(
-        Duration::from_secs(k8s_grace) > grace,
-        "terminationGracePeriodSeconds {k8s_grace} exceeds shutdown_grace {grace:?}"
-    );
+        let pod = pod_spec(deploy);
+        let c = container(deploy, "portcullis");
 
-    // The namespace enforces what the pod already meets.
-    let ns = find(&docs, "Namespace", Some("portcullis"));
-    assert_eq!(
-        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
-        "restricted"
-    );
+        // Probes: liveness on /healthz, readiness on /readyz, both on the registry port.
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &c[probe]["httpGet"];
+            assert_eq!(get["path"], path, "{rel}: {probe}");
+            assert_eq!(resolve_port(c, &get["port"]), 5000, "{rel}: {probe} port");
+        }
+
+        // The same user as the image, never root, nothing to escalate to, nothing writable but
+        // the volumes.
+        let sc = &c["securityContext"];
+        let psc = &pod["securityContext"];
+        assert!(
+            sc["runAsNonRoot"] == true || psc["runAsNonRoot"] == true,
+            "{rel}: runAsNonRoot"
+        );
+        assert_ne!(sc["runAsNonRoot"], false, "{rel}");
+        let uid = if sc["runAsUser"].is_null() {
+            &psc["runAsUser"]
+        } else {
+            &sc["runAsUser"]
+        };
+        assert_eq!(uid, image_user, "{rel}: the Dockerfile's USER");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{rel}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{rel}");
+        assert_eq!(sc["privileged"], Value::Null, "{rel}");
+        assert!(
+            array_of(&sc["capabilities"]["drop"], "capabilities.drop").contains(&"ALL".into()),
+            "{rel}: drops ALL capabilities"
+        );
+        assert!(
+            sc["capabilities"]["add"].is_null(),
+            "{rel}: adds no capability"
+        );
+        let seccomp = if sc["seccompProfile"].is_null() {
+            &psc["seccompProfile"]
+        } else {
+            &sc["seccompProfile"]
+        };
+        assert_eq!(seccomp["type"], "RuntimeDefault", "{rel}");
+        assert_eq!(pod["hostNetwork"], Value::Null, "{rel}");
+
+        // Requests and limits for both CPU and memory.
+        for kind in ["requests", "limits"] {
+            for res in ["cpu", "memory"] {
+                assert!(
+                    !c["resources"][kind][res].is_null(),
+                    "{rel}: resources.{kind}.{res} is set"
+                );
+            }
+        }
+
+        // Volumes: /tmp is an emptyDir (the root filesystem is read-only), the config a
+        // ConfigMap mounted whole (a subPath mount would never see an update, so reload could
+        // not work).
+        let volumes = array_of(&pod["volumes"], "volumes");
+        let mounts = array_of(&c["volumeMounts"], "volumeMounts");
+        let volume_at = |path: &str| -> &Value {
+            let m = mounts
+                .iter()
+                .find(|m| m["mountPath"] == path)
+                .unwrap_or_else(|| panic!("{rel}: something is mounted at {path}"));
+            assert!(
+                m["subPath"].is_null(),
+                "{rel}: {path} is not a subPath mount"
+            );
+            volumes
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap_or_else(|| panic!("{rel}: the volume mounted at {path} exists"))
+        };
+        assert!(
+            volume_at("/tmp")["emptyDir"].is_object(),
+            "{rel}: /tmp is an emptyDir"
+        );
+        let config_volume = volume_at("/etc/portcullis");
+        assert_eq!(
+            config_volume["configMap"]["name"], "portcullis-config",
+            "{rel}"
+        );
+        assert!(CONFIG_PATH.starts_with("/etc/portcullis/"));
+        let _ = find(&docs, "ConfigMap", Some("portcullis-config"));
+
+        // It runs the image's default command, on the file the ConfigMap provides.
+        let args: Vec<&str> = array_of(&c["args"], "args")
+            .iter()
+            .map(|a| str_of(a, "arg"))
+            .collect();
+        assert_eq!(args, ["serve", "--config", CONFIG_PATH], "{rel}");
+
+        // Kubernetes waits at least the shutdown grace before SIGKILL.
+        let cfg = configmap_toml_value(&docs);
+        let grace =
+            humantime::parse_duration(toml_str(&cfg, &["server", "shutdown_grace"])).unwrap();
+        let k8s_grace = pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            Duration::from_secs(k8s_grace) > grace,
+            "{rel}: terminationGracePeriodSeconds {k8s_grace} exceeds shutdown_grace {grace:?}"
+        );
+
+        // The namespace enforces what the pod already meets.
+        let ns = find(&docs, "Namespace", Some("portcullis"));
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted",
+            "{rel}"
+        );
+    }
 }
 
 #[test]
@@ -367,82 +392,102 @@ fn service_exposes_the_container_ports() {
 
 #[test]
 fn configmap_config_binds_what_the_pod_exposes() {
-    let docs = documents(PORTCULLIS_YAML);
-    let deploy = find(&docs, "Deployment", Some("portcullis"));
-    let c = container(deploy, "portcullis");
-    let cfg = configmap_toml_value(&docs);
-
-    // Inside a pod the listener must take the pod's address, not loopback.
-    let listen: SocketAddr = toml_str(&cfg, &["server", "listen"]).parse().unwrap();
-    assert!(listen.ip().is_unspecified(), "[server] listen {listen}");
-    assert_eq!(u64::from(listen.port()), resolve_port(c, &"http".into()));
-    let metrics: SocketAddr = toml_str(&cfg, &["metrics", "listen"]).parse().unwrap();
-    assert!(metrics.ip().is_unspecified(), "[metrics] listen {metrics}");
-    assert_eq!(
-        u64::from(metrics.port()),
-        resolve_port(c, &"metrics".into())
-    );
-    assert_eq!(toml_str(&cfg, &["log", "format"]), "json");
-    assert_eq!(toml_str(&cfg, &["policy", "default"]), "deny");
-
-    // The cache directory is the persistent volume, and fits in it.
-    let dir = toml_str(&cfg, &["cache", "dir"]);
-    let pvc = find(&docs, "PersistentVolumeClaim", None);
-    let claim = str_of(&pvc["metadata"]["name"], "PVC name");
-    assert_eq!(
-        pvc["spec"]["accessModes"],
-        serde_json::json!(["ReadWriteOnce"])
-    );
-    let pod = pod_spec(deploy);
-    let volume = array_of(&pod["volumes"], "volumes")
-        .iter()
-        .find(|v| v["persistentVolumeClaim"]["claimName"] == claim)
-        .expect("a volume from the PVC");
-    let mount = array_of(&c["volumeMounts"], "volumeMounts")
-        .iter()
-        .find(|m| m["name"] == volume["name"])
-        .expect("the PVC is mounted");
-    assert_eq!(mount["mountPath"], dir, "the PVC is mounted at [cache] dir");
-    assert_ne!(mount["readOnly"], true);
-    let size = quantity_bytes(str_of(
-        &pvc["spec"]["resources"]["requests"]["storage"],
-        "storage",
-    ));
-    let max: bytesize::ByteSize = toml_str(&cfg, &["cache", "max_size"]).parse().unwrap();
-    assert!(
-        max.as_u64() < size,
-        "[cache] max_size {max} leaves room in the {size}-byte claim"
-    );
-
-    // The Dockerfile's volumes are the mounts used here.
     let dockerfile = std::fs::read_to_string(config_dir().join("../Dockerfile")).unwrap();
-    assert!(dockerfile.contains(r#"VOLUME ["/var/lib/portcullis", "/etc/portcullis"]"#));
-    assert_eq!(dir, "/var/lib/portcullis");
+    for rel in [PORTCULLIS_YAML, FLEET_YAML] {
+        let docs = documents(rel);
+        let deploy = find(&docs, "Deployment", Some("portcullis"));
+        let c = container(deploy, "portcullis");
+        let cfg = configmap_toml_value(&docs);
 
-    // Every [[upstream]] the nodes route through is configured.
-    let upstreams: Vec<&str> = cfg["upstream"]
-        .as_array()
-        .expect("[[upstream]]")
-        .iter()
-        .map(|u| u["name"].as_str().unwrap())
-        .collect();
-    assert!(upstreams.contains(&"docker.io"));
+        // Inside a pod the listener must take the pod's address, not loopback.
+        let listen: SocketAddr = toml_str(&cfg, &["server", "listen"]).parse().unwrap();
+        assert!(
+            listen.ip().is_unspecified(),
+            "{rel}: [server] listen {listen}"
+        );
+        assert_eq!(
+            u64::from(listen.port()),
+            resolve_port(c, &"http".into()),
+            "{rel}"
+        );
+        let metrics: SocketAddr = toml_str(&cfg, &["metrics", "listen"]).parse().unwrap();
+        assert!(
+            metrics.ip().is_unspecified(),
+            "{rel}: [metrics] listen {metrics}"
+        );
+        assert_eq!(
+            u64::from(metrics.port()),
+            resolve_port(c, &"metrics".into()),
+            "{rel}"
+        );
+        assert_eq!(toml_str(&cfg, &["log", "format"]), "json", "{rel}");
+        assert_eq!(toml_str(&cfg, &["policy", "default"]), "deny", "{rel}");
+
+        // The cache directory is the persistent volume, and fits in it. (The fleet's is an
+        // emptyDir: fleet_shares_a_bucket_and_survives_a_drain.)
+        let dir = toml_str(&cfg, &["cache", "dir"]);
+        if rel == PORTCULLIS_YAML {
+            let pvc = find(&docs, "PersistentVolumeClaim", None);
+            let claim = str_of(&pvc["metadata"]["name"], "PVC name");
+            assert_eq!(
+                pvc["spec"]["accessModes"],
+                serde_json::json!(["ReadWriteOnce"])
+            );
+            let pod = pod_spec(deploy);
+            let volume = array_of(&pod["volumes"], "volumes")
+                .iter()
+                .find(|v| v["persistentVolumeClaim"]["claimName"] == claim)
+                .expect("a volume from the PVC");
+            let mount = array_of(&c["volumeMounts"], "volumeMounts")
+                .iter()
+                .find(|m| m["name"] == volume["name"])
+                .expect("the PVC is mounted");
+            assert_eq!(mount["mountPath"], dir, "the PVC is mounted at [cache] dir");
+            assert_ne!(mount["readOnly"], true);
+            let size = quantity_bytes(str_of(
+                &pvc["spec"]["resources"]["requests"]["storage"],
+                "storage",
+            ));
+            let max: bytesize::ByteSize = toml_str(&cfg, &["cache", "max_size"]).parse().unwrap();
+            assert!(
+                max.as_u64() < size,
+                "[cache] max_size {max} leaves room in the {size}-byte claim"
+            );
+        }
+
+        // The Dockerfile's volumes are the mounts used here.
+        assert!(dockerfile.contains(r#"VOLUME ["/var/lib/portcullis", "/etc/portcullis"]"#));
+        assert_eq!(dir, "/var/lib/portcullis", "{rel}");
+
+        // Every [[upstream]] the nodes route through is configured.
+        let upstreams: Vec<&str> = cfg["upstream"]
+            .as_array()
+            .expect("[[upstream]]")
+            .iter()
+            .map(|u| u["name"].as_str().unwrap())
+            .collect();
+        assert!(upstreams.contains(&"docker.io"), "{rel}");
+    }
 }
 
 /// portcullis itself loads the config the ConfigMap carries.
 #[test]
 fn configmap_config_loads_in_portcullis() {
-    let docs = documents(PORTCULLIS_YAML);
-    let text = configmap_toml(&docs);
-    let cfg = Config::from_toml(&text, "configmap").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cfg.server.listen, "0.0.0.0:5000".parse().unwrap());
-    assert_eq!(cfg.cache.dir, Path::new("/var/lib/portcullis"));
-    assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(30));
-    assert!(cfg
-        .upstreams
-        .iter()
-        .any(|u| u.name == "docker.io" && u.default));
-    assert!(cfg.rules.iter().any(|r| r.name == "chainguard"));
+    for rel in [PORTCULLIS_YAML, FLEET_YAML] {
+        let docs = documents(rel);
+        let text = configmap_toml(&docs);
+        let cfg = Config::from_toml(&text, rel).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.server.listen, "0.0.0.0:5000".parse().unwrap(), "{rel}");
+        assert_eq!(cfg.cache.dir, Path::new("/var/lib/portcullis"), "{rel}");
+        assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(30), "{rel}");
+        assert!(
+            cfg.upstreams
+                .iter()
+                .any(|u| u.name == "docker.io" && u.default),
+            "{rel}"
+        );
+        assert!(cfg.rules.iter().any(|r| r.name == "chainguard"), "{rel}");
+    }
 }
 
 #[test]
@@ -456,12 +501,20 @@ fn nodes_pull_through_the_service_only() {
         .and_then(|p| p["port"].as_u64())
         .unwrap();
     let mirror = format!("http://{cluster_ip}:{http_port}");
-    let cfg = configmap_toml_value(&proxy_docs);
-    let upstreams: Vec<&str> = cfg["upstream"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["name"].as_str().unwrap())
+    // The fleet answers at the same Service (fleet_shares_a_bucket_and_survives_a_drain), so
+    // the nodes' files must suit either.
+    let upstreams: Vec<(&str, Vec<String>)> = [PORTCULLIS_YAML, FLEET_YAML]
+        .into_iter()
+        .map(|rel| {
+            let cfg = configmap_toml_value(&documents(rel));
+            let names = cfg["upstream"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["name"].as_str().unwrap().to_owned())
+                .collect();
+            (rel, names)
+        })
         .collect();
 
     let docs = documents(DAEMONSET_YAML);
@@ -473,10 +526,12 @@ fn nodes_pull_through_the_service_only() {
     );
     for (key, text) in files {
         let registry = key.strip_suffix(".toml").expect("keys are <registry>.toml");
-        assert!(
-            upstreams.contains(&registry),
-            "{key}: portcullis has an [[upstream]] named {registry} for containerd's ?ns="
-        );
+        for (rel, names) in &upstreams {
+            assert!(
+                names.iter().any(|n| n == registry),
+                "{key}: {rel} has an [[upstream]] named {registry} for containerd's ?ns="
+            );
+        }
         let hosts: toml::Value = toml::from_str(str_of(text, key))
             .unwrap_or_else(|e| panic!("{key} is not valid TOML: {e}"));
         let host = hosts["host"]
@@ -609,6 +664,127 @@ fn egress_policy_lets_pods_reach_portcullis_and_dns_only() {
     assert!(to_portcullis && to_dns, "{rules:?}");
 }
 
+/// The fleet replaces `portcullis.yaml` under the same names, so everything that points at
+/// portcullis (the nodes' `hosts.toml`, the egress policy, the admission examples) still does.
+#[test]
+fn fleet_shares_a_bucket_and_survives_a_drain() {
+    let single = documents(PORTCULLIS_YAML);
+    let docs = documents(FLEET_YAML);
+    let one = find(&single, "Deployment", Some("portcullis"));
+    let deploy = find(&docs, "Deployment", Some("portcullis"));
+    let (c, pod) = (container(deploy, "portcullis"), pod_spec(deploy));
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+
+    // A drop-in: what selects, reaches or runs the pods is as in portcullis.yaml.
+    assert_eq!(
+        find(&docs, "Service", Some("portcullis"))["spec"],
+        find(&single, "Service", Some("portcullis"))["spec"],
+        "the same Service"
+    );
+    assert_eq!(
+        deploy["metadata"]["namespace"],
+        one["metadata"]["namespace"]
+    );
+    assert_eq!(labels, &one["spec"]["template"]["metadata"]["labels"]);
+    for key in [
+        "image",
+        "args",
+        "ports",
+        "securityContext",
+        "livenessProbe",
+        "readinessProbe",
+    ] {
+        assert_eq!(
+            c[key],
+            container(one, "portcullis")[key],
+            "{key} as in {PORTCULLIS_YAML}"
+        );
+    }
+    assert_eq!(pod["securityContext"], pod_spec(one)["securityContext"]);
+
+    // Never fewer than `replicas` ready during a rollout, and at most one lost to a drain: the
+    // budget sits below `replicas`, or no drain could ever evict a pod.
+    let replicas = deploy["spec"]["replicas"].as_u64().expect("replicas");
+    assert!(replicas >= 3, "{replicas} replicas");
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let pdb = find(&docs, "PodDisruptionBudget", Some("portcullis"));
+    let min = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
+    assert!(
+        min >= 2 && min < replicas,
+        "minAvailable {min} of {replicas}"
+    );
+    assert!(
+        selects(&pdb["spec"]["selector"], labels),
+        "the budget covers the pods"
+    );
+    // One node lost costs one replica.
+    assert!(
+        array_of(
+            &pod["topologySpreadConstraints"],
+            "topologySpreadConstraints"
+        )
+        .iter()
+        .any(|s| s["topologyKey"] == "kubernetes.io/hostname"
+            && s["whenUnsatisfiable"] == "DoNotSchedule"
+            && selects(&s["labelSelector"], labels)),
+        "replicas spread over the nodes"
+    );
+
+    let cfg =
+        Config::from_toml(&configmap_toml(&docs), FLEET_YAML).unwrap_or_else(|e| panic!("{e}"));
+    let shared = cfg.cache.shared.as_ref().expect("[cache.shared]");
+    let volumes = array_of(&pod["volumes"], "volumes");
+    let mounts = array_of(&c["volumeMounts"], "volumeMounts");
+    let volume_at = |path: &Path| -> &Value {
+        let m = mounts
+            .iter()
+            .find(|m| path.starts_with(str_of(&m["mountPath"], "mountPath")))
+            .unwrap_or_else(|| panic!("{} is mounted", path.display()));
+        volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("the volume mounted for {} exists", path.display()))
+    };
+
+    // Each replica's cache is its own emptyDir, and max_size stays below its sizeLimit, past
+    // which the kubelet evicts the pod; so does every emptyDir together below the container's
+    // ephemeral-storage limit, which they count against.
+    let cache = volume_at(&cfg.cache.dir);
+    let limit = quantity_bytes(str_of(&cache["emptyDir"]["sizeLimit"], "sizeLimit"));
+    assert!(
+        cfg.cache.max_size.as_u64() < limit,
+        "[cache] max_size {} leaves room in the {limit}-byte emptyDir",
+        cfg.cache.max_size
+    );
+    let empty_dirs: u64 = volumes
+        .iter()
+        .filter(|v| v["emptyDir"].is_object())
+        .map(|v| quantity_bytes(str_of(&v["emptyDir"]["sizeLimit"], "sizeLimit")))
+        .sum();
+    let ephemeral = quantity_bytes(str_of(
+        &c["resources"]["limits"]["ephemeral-storage"],
+        "ephemeral-storage limit",
+    ));
+    assert!(
+        empty_dirs <= ephemeral,
+        "emptyDirs of {empty_dirs} bytes within the {ephemeral}-byte ephemeral-storage limit"
+    );
+
+    // The bucket's credentials are files from a Secret, never written into the ConfigMap.
+    for file in [&shared.access_key_id_file, &shared.secret_access_key_file] {
+        let file = file.as_deref().expect("credentials from files");
+        assert!(
+            volume_at(file)["secret"]["secretName"].is_string(),
+            "{} comes from a Secret",
+            file.display()
+        );
+    }
+}
+
 /// `[Section]` → key → every value given (systemd keys may repeat).
 fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     let mut sections: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
@@ -729,7 +905,7 @@ fn systemd_unit_verifies_where_systemd_analyze_is_present() {
 /// `KUBECONFORM_SCHEMA_LOCATION` names a local copy).
 #[test]
 fn manifests_validate_against_the_api_schemas_where_a_validator_is_present() {
-    let files: Vec<PathBuf> = [PORTCULLIS_YAML, DAEMONSET_YAML, EGRESS_YAML]
+    let files: Vec<PathBuf> = [PORTCULLIS_YAML, FLEET_YAML, DAEMONSET_YAML, EGRESS_YAML]
         .iter()
         .map(|f| config_dir().join(f))
         .collect();
