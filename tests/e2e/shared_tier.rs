@@ -19,6 +19,7 @@ use futures_util::future::join_all;
 use portcullis_cache::shared::SharedConfig;
 use portcullis_testkit::cosign::{push_signature, simple_signing_payload, CosignKey, SigLayer};
 use portcullis_testkit::dir_files as files;
+use portcullis_testkit::free_port;
 use portcullis_testkit::referrers::OCI_MANIFEST;
 use portcullis_testkit::{
     http, manifest_digest_in_registry, push, require_tools, sha256_hex, skopeo_copy, tempdir,
@@ -51,7 +52,9 @@ impl Fleet {
             "endpoint": self.s3.endpoint(),
             "region": "us-east-1",
             "timeout": "2s",
-            "lease_ttl": "4s",
+            // Long enough for a waiting replica to see a 50 MiB upload to moto land on a slow
+            // machine (a waiter that gives up fetches upstream too).
+            "lease_ttl": "30s",
             "retry_after": "1s",
         }))
         .unwrap()
@@ -59,7 +62,18 @@ impl Fleet {
 
     /// A replica named `name` with `config` and the fleet's bucket.
     fn replica(&self, name: &str, config: ConfigBuilder) -> Proxy {
-        let shared = self.shared();
+        self.replica_with(name, config, |_| {})
+    }
+
+    /// As [`Fleet::replica`], with `[cache.shared]` edited.
+    fn replica_with(
+        &self,
+        name: &str,
+        config: ConfigBuilder,
+        edit: impl FnOnce(&mut SharedConfig),
+    ) -> Proxy {
+        let mut shared = self.shared();
+        edit(&mut shared);
         let config = config.cache(|c| c.shared = Some(shared));
         Proxy::start_with_env(
             Path::new(BIN),
@@ -271,12 +285,23 @@ async fn pulls_keep_working_with_the_bucket_stopped() {
     push(Image::Small, &f.registry, "test/small:v1");
     push(Image::DockerV2s2, &f.registry, "test/docker:v1");
     let a = f.replica("a", f.pull_through());
-    let b = f.replica("b", f.pull_through());
+    // B skips the tier for longer after a failure, so that /readyz is seen to say so.
+    let b_metrics = free_port();
+    let b = f.replica_with("b", f.pull_through().metrics(b_metrics), |s| {
+        s.retry_after = Duration::from_secs(8);
+    });
+    let shared_state = || async move {
+        let r = http::get(&format!("http://127.0.0.1:{b_metrics}/readyz")).await;
+        assert_eq!(r.status, 200, "/readyz is never unready for the bucket");
+        let ready: Value = serde_json::from_slice(&r.body).unwrap();
+        ready["shared"]["state"].as_str().unwrap().to_owned()
+    };
     skopeo_copy(
         &format!("{}/test/small:v1", a.host()),
         &f.dir.path().join("a1"),
     )
     .unwrap();
+    assert_eq!(shared_state().await, "up");
 
     f.s3.stop();
     for (p, image, out) in [
@@ -292,9 +317,10 @@ async fn pulls_keep_working_with_the_bucket_stopped() {
         "{}",
         b.log_contents()
     );
+    assert_eq!(shared_state().await, "down");
 
     f.s3.start_again();
-    std::thread::sleep(Duration::from_millis(1500)); // retry_after
+    std::thread::sleep(Duration::from_millis(1500)); // A's retry_after
     skopeo_copy(
         &format!("{}/test/docker:v1", a.host()),
         &f.dir.path().join("a3"),
@@ -304,6 +330,8 @@ async fn pulls_keep_working_with_the_bucket_stopped() {
     wait_until("the tier to fill again", || {
         !f.s3.keys(&format!("{PREFIX}/manifests/")).is_empty()
     });
+    std::thread::sleep(Duration::from_secs(8)); // B's
+    assert_eq!(shared_state().await, "up");
 }
 
 /// A replica killed with SIGKILL while its 50 MiB layer goes up in parts: no object appears (the
@@ -316,7 +344,9 @@ async fn a_replica_killed_mid_upload_leaves_nothing_visible() {
     let manifest = f.manifest(repo, "v1").await;
     let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
     let key = f.blob_key(&layer);
-    let mut a = f.replica("a", f.pull_through());
+    // A short lease: B takes the dead replica's over soon.
+    let short_lease = |s: &mut SharedConfig| s.lease_ttl = Duration::from_secs(3);
+    let mut a = f.replica_with("a", f.pull_through(), short_lease);
     let url = format!("{}/v2/{repo}/manifests/v1", a.url());
     assert_eq!(
         http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
@@ -342,7 +372,7 @@ async fn a_replica_killed_mid_upload_leaves_nothing_visible() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(f.s3.get(&key).is_none(), "a partial upload became visible");
 
-    let b = f.replica("b", f.pull_through());
+    let b = f.replica_with("b", f.pull_through(), short_lease);
     let url = format!("{}/v2/{repo}/manifests/v1", b.url());
     assert_eq!(
         http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
