@@ -10,6 +10,7 @@
 //! - [`a_replica_killed_mid_upload_leaves_nothing_visible`]: multipart completes only after the
 //!   match, and the dead replica's lease runs out.
 //! - [`a_denied_image_stays_denied_on_every_replica`]: evidence is shared, verdicts are not.
+//! - [`immutable_tags_hold_across_the_fleet`]: the first digest is the fleet's.
 //! - [`gc_deletes_only_what_no_kept_manifest_references`]: `portcullis cache gc --shared`.
 
 use std::path::Path;
@@ -99,6 +100,28 @@ impl Fleet {
             "{PREFIX}/manifests/sha256/{}",
             digest.trim_start_matches("sha256:")
         )
+    }
+
+    /// Signs `repo:tag` as it is now upstream with `key` (a cosign `.sig`).
+    fn sign(&self, key: &CosignKey, repo: &str, tag: &str) -> String {
+        let digest = manifest_digest_in_registry(&self.registry, repo, tag);
+        let host = self.registry.host();
+        let payload = simple_signing_payload(&format!("{host}/{repo}"), &digest);
+        let layer = SigLayer {
+            signature_b64: key.sign(&payload),
+            payload,
+            ..SigLayer::default()
+        };
+        push_signature(&self.registry, repo, &digest, &[layer]);
+        digest
+    }
+
+    /// The upstream by default, `release.pub` (in the fleet's directory) trusted, and `rule`.
+    fn keyed(&self, rule: Rule) -> ConfigBuilder {
+        ConfigBuilder::new()
+            .default_upstream(&self.registry.host(), &self.registry.url())
+            .trust_key("release", &self.dir.path().join("release.pub"))
+            .rule(rule)
     }
 
     /// Upstream GETs of `repo`'s blobs and manifests.
@@ -398,20 +421,8 @@ async fn a_denied_image_stays_denied_on_every_replica() {
     let host = f.registry.host();
     push(Image::Small, &f.registry, "keyed/signed:v1");
     push(Image::Small, &f.registry, "keyed/unsigned:v1");
-    let signed = manifest_digest_in_registry(&f.registry, "keyed/signed", "v1");
-    let payload = simple_signing_payload(&format!("{host}/keyed/signed"), &signed);
-    let layer = SigLayer {
-        signature_b64: key.sign(&payload),
-        payload,
-        ..SigLayer::default()
-    };
-    push_signature(&f.registry, "keyed/signed", &signed, &[layer]);
-    let config = || {
-        ConfigBuilder::new()
-            .default_upstream(&host, &f.registry.url())
-            .trust_key("release", &f.dir.path().join("release.pub"))
-            .rule(Rule::new("keyed", &[&format!("{host}/keyed/**")]).key("release"))
-    };
+    f.sign(&key, "keyed/signed", "v1");
+    let config = || f.keyed(Rule::new("keyed", &[&format!("{host}/keyed/**")]).key("release"));
     let a = f.replica("a", config());
     let b = f.replica("b", config());
     let status = |p: &Proxy, repo: &str| {
@@ -533,6 +544,56 @@ async fn gc_deletes_only_what_no_kept_manifest_references() {
         assert!(
             f.s3.get(k).is_none(),
             "{k} kept by an expired record: {report}"
+        );
+    }
+}
+
+/// A tag under `immutable_tags` seen by A, then moved upstream to another validly signed image:
+/// B, started after the move and never having seen the tag, refuses it too, as does A.
+#[tokio::test(flavor = "multi_thread")]
+async fn immutable_tags_hold_across_the_fleet() {
+    let f = Fleet::start();
+    let key = CosignKey::generate();
+    key.write_public(&f.dir.path().join("release.pub"));
+    let host = f.registry.host();
+    push(Image::Small, &f.registry, "locked/app:v1");
+    let first = f.sign(&key, "locked/app", "v1");
+    let config = || {
+        f.keyed(
+            Rule::new("locked", &[&format!("{host}/locked/**")])
+                .key("release")
+                .immutable_tags(),
+        )
+        .cache(|c| c.tag_ttl = Duration::ZERO)
+    };
+    let a = f.replica("a", config());
+    let get = |p: &Proxy| {
+        let url = format!("{}/v2/locked/app/manifests/v1", p.url());
+        async move { http::request("GET", &url, &[("Accept", OCI_MANIFEST)]).await }
+    };
+    let r = get(&a).await;
+    assert_eq!(r.status, 200, "{}", a.log_contents());
+    assert_eq!(r.header("docker-content-digest"), Some(first.as_str()));
+    wait_until("the fleet's first digest", || {
+        !f.s3.keys(&format!("{PREFIX}/records/first/")).is_empty()
+    });
+
+    push(Image::Big, &f.registry, "locked/app:v1");
+    let moved = f.sign(&key, "locked/app", "v1");
+    assert_ne!(first, moved);
+    let b = f.replica("b", config());
+    for (name, p) in [("B", &b), ("A", &a)] {
+        let r = get(p).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{name} served the moved tag\n{}",
+            p.log_contents()
+        );
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(
+            body.contains(&first) && body.contains(&moved),
+            "{name}: {body}"
         );
     }
 }

@@ -10,6 +10,10 @@
 //! because the configuration changed. It is dropped when no rule keeps that name's tags immutable
 //! any more (a reload that turns the option off, which is how an operator accepts a move without
 //! pinning). A manifest listed by the recorded (or pinned) index counts as that index.
+//!
+//! With a shared tier, "first" is the fleet's: a replica's first sight of a tag is created in
+//! the bucket only if no replica recorded one, else the recorded one is taken. A replica started
+//! after a move therefore refuses it too. With the bucket down, a replica records its own.
 
 use std::sync::Mutex;
 
@@ -30,7 +34,7 @@ static RECORDING: Mutex<()> = Mutex::new(());
 
 /// Holds `tag` to its pinned or first digest: records the first on sight, and refuses (or, under
 /// a warn or audit rule, logs) any other.
-pub fn hold(
+pub async fn hold(
     app: &App,
     target: &Target,
     tag: &str,
@@ -48,15 +52,24 @@ pub fn hold(
         Some(pinned) => Expected::Pinned(pinned.to_owned()),
         None => {
             let key = format!("{}\0{}", target.name, accept.tag_key(tag));
+            let held = app.store.meta(FIRST, &key)?;
+            let first = match (held, &app.shared) {
+                (Some(first), _) => String::from_utf8_lossy(&first).into_owned(),
+                (None, Some(tier)) => tier
+                    .first_record("first", &key, &digest.to_string())
+                    .await
+                    .filter(|d| d.parse::<Digest>().is_ok())
+                    .unwrap_or_else(|| digest.to_string()),
+                (None, None) => digest.to_string(),
+            };
             let _one = RECORDING
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match app.store.meta(FIRST, &key)? {
                 Some(first) => Expected::First(String::from_utf8_lossy(&first).into_owned()),
                 None => {
-                    return Ok(app
-                        .store
-                        .put_meta(FIRST, &key, digest.to_string().as_bytes())?)
+                    app.store.put_meta(FIRST, &key, first.as_bytes())?;
+                    Expected::First(first)
                 }
             }
         }

@@ -56,7 +56,7 @@ pub async fn serve(
             });
             // Before enforcing: a moved immutable tag opens no gate for what it now names.
             if let Some(tag) = tag {
-                gate::tags::hold(app, target, tag, accept, &digest, &verdict)?;
+                gate::tags::hold(app, target, tag, accept, &digest, &verdict).await?;
             }
             gate::enforce(app, target, &digest, &doc, &verdict)?;
         }

@@ -363,6 +363,38 @@ impl Tier {
         });
     }
 
+    /// Creates the record of `kind` for `id` as `value` unless the fleet has one already; the
+    /// record now in the bucket (this one or the earlier), or `None` when the tier is down.
+    pub async fn first_record(&self, kind: &'static str, id: &str, value: &str) -> Option<String> {
+        if !self.up() {
+            return None;
+        }
+        let key = self.bucket.record_key(kind, id);
+        match self
+            .bucket
+            .create(&key, Bytes::from(value.to_owned()), None)
+            .await
+        {
+            Ok(true) => return Some(value.to_owned()),
+            Ok(false) => {}
+            Err(e) => {
+                self.failed(kind, &e);
+                return None;
+            }
+        }
+        match self.bucket.get_small(&key, 1024).await {
+            Ok(Some(got)) => {
+                self.found(kind, true);
+                String::from_utf8(got.bytes.to_vec()).ok()
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.failed(kind, &e);
+                None
+            }
+        }
+    }
+
     /// The bucket itself, for `portcullis cache gc --shared`.
     pub fn bucket(&self) -> &Shared {
         &self.bucket
