@@ -360,9 +360,11 @@ impl Shared {
             .await
         {
             Ok(_) => Ok(true),
+            // Gone since it was read (collected): as good as replaced by someone else.
             Err(SharedError::Store(
                 object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. },
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. },
             )) => Ok(false),
             Err(e) => Err(e),
         }
@@ -476,12 +478,18 @@ impl Shared {
         }
     }
 
-    /// Gives a claim up: others waiting may fetch (or find the blob landed).
+    /// Gives a claim up: others waiting may fetch (or find the blob landed). A claim that ran
+    /// out and was taken over is another replica's now, and stays.
     pub async fn release(&self, lease: Lease) -> Result<(), SharedError> {
-        match self.timed(self.store.delete(&lease.key)).await {
-            Ok(()) | Err(SharedError::Store(object_store::Error::NotFound { .. })) => Ok(()),
-            Err(e) => Err(e),
+        let Some(held) = self.get_small(&lease.key, 4096).await? else {
+            return Ok(());
+        };
+        let mine = serde_json::from_slice::<LeaseBody>(&held.bytes)
+            .is_ok_and(|body| body.holder == self.holder);
+        if !mine {
+            return Ok(());
         }
+        self.delete(&lease.key).await
     }
 
     /// Deletes an object (one that failed its hash check, or garbage).
@@ -496,17 +504,20 @@ impl Shared {
     /// (ms since the epoch).
     pub async fn list(&self, kind: &str) -> Result<Vec<(Path, u64)>, SharedError> {
         let prefix = self.key(kind);
-        self.store
-            .list(Some(&prefix))
-            .map_ok(|meta| {
-                (
-                    meta.location,
-                    meta.last_modified.timestamp_millis().max(0) as u64,
-                )
-            })
-            .try_collect()
+        let mut listing = self.store.list(Some(&prefix));
+        let mut out = Vec::new();
+        // Each page within the timeout, however long the whole listing takes.
+        while let Some(meta) = tokio::time::timeout(self.config.timeout, listing.next())
             .await
-            .map_err(SharedError::from)
+            .map_err(|_| SharedError::Timeout(self.config.timeout))?
+        {
+            let meta = meta?;
+            out.push((
+                meta.location,
+                meta.last_modified.timestamp_millis().max(0) as u64,
+            ));
+        }
+        Ok(out)
     }
 
     async fn timed<T>(

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -27,6 +28,10 @@ use crate::metrics::Metrics;
 use crate::route::Target;
 use crate::shared::{Claimed, Tier};
 use crate::upstream::{content_length, status_error};
+
+/// The slowest a blob is read from the shared tier (bytes a second) before the upstream is
+/// asked instead.
+const MIN_SHARED_RATE: u64 = 4 << 20;
 
 /// Where a fetch stands.
 #[derive(Debug, Clone)]
@@ -71,6 +76,9 @@ pub struct Flight {
     /// The temporary file, then the committed one once renamed.
     pub paths: [PathBuf; 2],
     pub progress: watch::Receiver<Progress>,
+    /// The repository (`registry/repository`) the fetch is for: another repository joining it
+    /// must have the blob upstream too.
+    pub name: String,
 }
 
 /// The running fetches, by digest.
@@ -117,6 +125,7 @@ impl Flights {
         let flight = Arc::new(Flight {
             paths: [writer.path().to_owned(), store.blob_path(digest)],
             progress: rx,
+            name: target.name.clone(),
         });
         running.insert(digest.clone(), Arc::clone(&flight));
         drop(running);
@@ -146,15 +155,7 @@ struct Job {
 impl Job {
     async fn run(self, writer: BlobWriter) {
         let started = std::time::Instant::now();
-        let upstream = &self.target.upstream;
-        let result = tokio::time::timeout(upstream.timeout, self.fetch(writer))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProxyError::Unavailable(format!(
-                    "{}: blob {} took longer than {:?}",
-                    upstream.name, self.digest, upstream.timeout
-                )))
-            });
+        let result = self.fetch(writer).await;
         // Leave the running set before reporting, so that a request arriving after a failure
         // starts a fresh fetch instead of joining the failed one.
         self.flights
@@ -178,9 +179,11 @@ impl Job {
         }
     }
 
+    /// The blob from the bucket or the upstream. The bucket's part has bounds of its own, so
+    /// that a slow bucket leaves the upstream fetch its whole time.
     async fn fetch(&self, writer: BlobWriter) -> Result<u64, ProxyError> {
         let Some(tier) = self.flights.shared.clone() else {
-            return self.fetch_upstream(writer).await;
+            return self.fetch_upstream_timed(writer).await;
         };
         if let Some(size) = self.fetch_shared(&tier).await? {
             return Ok(self.release_shared(writer, size));
@@ -203,7 +206,7 @@ impl Job {
             }
             Claimed::Alone => None,
         };
-        let result = self.fetch_upstream(writer).await;
+        let result = self.fetch_upstream_timed(writer).await;
         let path = self.store.blob_path(&self.digest);
         match (&result, std::fs::File::open(&path)) {
             (Ok(size), Ok(file)) => tier.upload(self.digest.clone(), file, path, *size, lease),
@@ -239,7 +242,28 @@ impl Job {
                 Err(e) => return Err(e),
             }
         }
-        Ok(self.read_shared(tier, stream).await)
+        // A bucket that dribbles is given up on for the upstream, not waited for.
+        let budget =
+            tier.config().timeout + Duration::from_secs_f64(size as f64 / MIN_SHARED_RATE as f64);
+        match tokio::time::timeout(budget, self.read_shared(tier, stream)).await {
+            Ok(got) => Ok(got),
+            Err(_) => {
+                tier.blob_failed(&portcullis_cache::shared::SharedError::Timeout(budget));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn fetch_upstream_timed(&self, writer: BlobWriter) -> Result<u64, ProxyError> {
+        let upstream = &self.target.upstream;
+        tokio::time::timeout(upstream.timeout, self.fetch_upstream(writer))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProxyError::Unavailable(format!(
+                    "{}: blob {} took longer than {:?}",
+                    upstream.name, self.digest, upstream.timeout
+                )))
+            })
     }
 
     async fn read_shared(

@@ -290,7 +290,13 @@ fn gc_shared(
     let rt = runtime()?;
     let done = rt.block_on(async {
         let bucket = portcullis_cache::shared::Shared::open(shared, "gc")?;
-        portcullis::shared::gc::collect(&bucket, keep, grace).await
+        portcullis::shared::gc::collect(
+            &bucket,
+            keep,
+            grace,
+            config.server.max_manifest_size.as_u64(),
+        )
+        .await
     })?;
     println!("{done}");
     Ok(())

@@ -500,6 +500,10 @@ async fn gc_deletes_only_what_no_kept_manifest_references() {
     let garbage = b"referenced by nothing".to_vec();
     let garbage_key = f.blob_key(&sha256_hex(&garbage));
     f.s3.put(&garbage_key, &garbage);
+    // A record too large to be one of ours (a referrers list an attacker padded, say) keeps
+    // nothing and stops nothing.
+    let padded = format!("{PREFIX}/records/referrers/{}", "0".repeat(64));
+    f.s3.put(&padded, &vec![b' '; 2 << 20]);
 
     let config = f.dir.path().join("gc.toml");
     let shared = f.shared();

@@ -57,7 +57,7 @@ pub async fn small(
             "{what} is not held, and this mirror is offline"
         )));
     }
-    let (fetched, obtained) = match from_shared(app, digest, size).await {
+    let (fetched, obtained) = match from_shared(app, target, digest, size).await? {
         Some(bytes) => (bytes, Obtained::Shared),
         None => {
             let bytes = app
@@ -80,16 +80,34 @@ pub async fn small(
     Ok((bytes, obtained))
 }
 
-/// The blob from the shared tier, if it holds bytes that hash to `digest`.
-async fn from_shared(app: &App, digest: &Digest, size: u64) -> Option<Bytes> {
-    let tier = app.shared.as_ref()?;
-    let got = tier.small("evidence", digest, size).await?;
+/// The blob from the shared tier, if it holds bytes that hash to `digest` and this repository
+/// has it upstream (the bucket holds every repository's evidence: linking it here unchecked
+/// would open it to this repository's clients).
+async fn from_shared(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    size: u64,
+) -> Result<Option<Bytes>, ProxyError> {
+    let Some(tier) = app.shared.as_ref() else {
+        return Ok(None);
+    };
+    let Some(got) = tier.small("evidence", digest, size).await else {
+        return Ok(None);
+    };
     let actual = Digest::of(&got.bytes);
     if &actual != digest {
         tier.refused("evidence", digest, &format!("the bytes hash to {actual}"));
-        return None;
+        return Ok(None);
     }
-    Some(got.bytes)
+    if !app.store.is_linked(&target.name, digest)? {
+        match crate::fetch::upstream_head(target, digest).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(got.bytes))
 }
 
 /// One GET of at most `size` bytes that hash to `digest`.

@@ -130,7 +130,7 @@ async fn resolve_online(
         _ => None,
     };
     let adopted = match &shared {
-        Some(rec) => adopt(app, target, key, &rec.value, accept).await?,
+        Some(rec) => adopt(app, target, tag, key, &rec.value, accept).await?,
         None => false,
     };
     let mut previous = None;
@@ -182,12 +182,15 @@ async fn resolve_online(
 async fn adopt(
     app: &App,
     target: &Target,
+    tag: &str,
     key: &str,
     rec: &TagRecord,
     accept: &Accept,
 ) -> Result<bool, ProxyError> {
     let held = app.store.tag(&target.name, key)?;
-    if held.is_some_and(|h| h.fetched_at_ms >= rec.fetched_at_ms)
+    if held
+        .as_ref()
+        .is_some_and(|h| h.fetched_at_ms >= rec.fetched_at_ms)
         || rec.fetched_at_ms > now_ms() + 60_000
     {
         return Ok(false);
@@ -196,6 +199,16 @@ async fn adopt(
         return Ok(false);
     };
     let manifest = match app.store.manifest(&digest)? {
+        // Held for another repository: this one's only if the upstream has it here too.
+        Some(_) if !app.store.is_linked(&target.name, &digest)? => {
+            match revalidate(target, &digest.to_string(), accept).await {
+                Ok(_) => {
+                    app.store.link(&target.name, &digest)?;
+                    app.store.manifest(&digest)?
+                }
+                Err(_) => None,
+            }
+        }
         Some(m) => Some(m),
         None => from_shared(app, target, &digest, accept)
             .await
@@ -207,6 +220,12 @@ async fn adopt(
     };
     match manifest {
         Some(m) if accept.accepts(&m.media_type) => {
+            // Another replica saw the tag move: the move is logged and counted here too.
+            if let Some(old) = held.and_then(|h| h.digest.parse::<Digest>().ok()) {
+                if old != digest {
+                    moved(app, target, tag, &old, &digest);
+                }
+            }
             app.store.put_tag(&target.name, key, rec)?;
             Ok(true)
         }

@@ -60,6 +60,10 @@ pub async fn serve(
     }
     let (flight, joined) = app.flights.join(&app.store, target, digest, expected)?;
     outcome.cache = if joined { "joined" } else { "miss" };
+    // A fetch started for another repository is this one's only if it has the blob upstream.
+    if joined && flight.name != target.name && !app.store.is_linked(&target.name, digest)? {
+        crate::fetch::upstream_head(target, digest).await?;
+    }
     let mut progress = flight.progress.clone();
     let state = progress
         .wait_for(|p| match p {

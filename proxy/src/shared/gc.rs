@@ -1,6 +1,7 @@
 //! `portcullis cache gc --shared`: deletes from the bucket what no kept manifest references.
 //!
-//! Kept: every manifest a tag mapping or referrer list written within `keep` names, and
+//! Kept: every manifest a tag mapping or referrer list written within `keep` names, every
+//! manifest written within `keep` (what was pulled by digest, which leaves no record), and
 //! everything those reference, transitively (an index's manifests, a manifest's config and
 //! layers). Deleted: other content older than `grace` (younger content may belong to a pull
 //! still under way, whose tag mapping is not written yet), older records, and leases well past
@@ -15,9 +16,6 @@ use portcullis_cache::{now_ms, Digest};
 use serde::Deserialize;
 
 use crate::oci::Document;
-
-/// The largest manifest read while walking (as `[server] max_manifest_size` allows at most).
-const MAX_MANIFEST: u64 = 4 << 20;
 
 /// What a collection found and did.
 #[derive(Debug, Default)]
@@ -67,10 +65,13 @@ struct Referrer {
 
 /// Collects the bucket, keeping what records written within `keep` reach and whatever is
 /// younger than `grace`.
+/// `max_manifest` is the configuration's `[server] max_manifest_size`: larger objects are not
+/// read (they keep nothing).
 pub async fn collect(
     bucket: &Shared,
     keep: Duration,
     grace: Duration,
+    max_manifest: u64,
 ) -> Result<Collected, SharedError> {
     let now = now_ms();
     let mut done = Collected::default();
@@ -82,7 +83,7 @@ pub async fn collect(
                 stale_records.push(key);
                 continue;
             }
-            let Some(got) = bucket.get_small(&key, 1 << 20).await? else {
+            let Some(got) = readable(bucket.get_small(&key, 1 << 20).await)? else {
                 continue;
             };
             // An unreadable record keeps nothing.
@@ -106,10 +107,15 @@ pub async fn collect(
     // Walk from the roots through the manifests the bucket holds (hash-checked and read as
     // strictly as when served; one that fails references nothing).
     let mut kept: HashSet<String> = HashSet::new();
+    let recent = manifests
+        .iter()
+        .filter(|(_, (_, modified))| now.saturating_sub(*modified) <= keep.as_millis() as u64)
+        .map(|(hex, _)| hex.clone());
     let mut queue: Vec<String> = roots
         .iter()
         .filter_map(|d| d.parse::<Digest>().ok())
         .map(|d| d.hex().to_owned())
+        .chain(recent)
         .collect();
     while let Some(hex) = queue.pop() {
         if !kept.insert(hex.clone()) {
@@ -118,7 +124,7 @@ pub async fn collect(
         let Some((key, _)) = manifests.get(&hex) else {
             continue;
         };
-        let Some(got) = bucket.get_small(key, MAX_MANIFEST).await? else {
+        let Some(got) = readable(bucket.get_small(key, max_manifest).await)? else {
             continue;
         };
         if Digest::of(&got.bytes).hex() != hex {
@@ -170,4 +176,13 @@ fn by_hex(listed: Vec<(Key, u64)>) -> HashMap<String, (Key, u64)> {
             Some((hex, (key, modified)))
         })
         .collect()
+}
+
+/// An object too large to be one of ours reads as none (it keeps nothing); any other failure
+/// stops the collection.
+fn readable<T>(got: Result<Option<T>, SharedError>) -> Result<Option<T>, SharedError> {
+    match got {
+        Err(SharedError::Refused { .. }) => Ok(None),
+        other => other,
+    }
 }

@@ -20,11 +20,21 @@ use portcullis_cache::shared::{
 use portcullis_cache::{now_ms, Digest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, SharedLabel};
 
-/// How often a replica waiting on another's fetch looks whether the blob has landed.
+/// How soon a replica waiting on another's fetch first looks whether the blob has landed; it
+/// then waits twice as long each time, up to [`LEASE_POLL_MAX`].
 const LEASE_POLL: Duration = Duration::from_millis(100);
+const LEASE_POLL_MAX: Duration = Duration::from_secs(1);
+/// Blob uploads running at once: each holds a part (up to 8 MiB) in memory, and more would only
+/// split the bucket's bandwidth. Past it an upload is skipped: that costs sharing only.
+const MAX_UPLOADS: usize = 4;
+/// Small writes (manifests, evidence, records) running at once, for the same reasons.
+const MAX_WRITES: usize = 64;
+/// The largest record written or read (tag mappings are tiny; referrer lists are capped).
+const MAX_RECORD: usize = 1 << 20;
 
 /// The bucket, with its health and metrics.
 pub struct Tier {
@@ -32,6 +42,8 @@ pub struct Tier {
     metrics: Metrics,
     /// Until when (ms since the epoch) the tier is skipped after a failure.
     down_until_ms: AtomicU64,
+    uploads: Arc<Semaphore>,
+    writes: Arc<Semaphore>,
 }
 
 /// How a replica stands towards fetching a blob upstream.
@@ -58,11 +70,15 @@ impl Tier {
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "replica".into());
-        let holder = format!("{host}/{}", std::process::id());
+        // Unique per process start, so that a restarted replica does not release its
+        // predecessor's claims as its own.
+        let holder = format!("{host}/{}/{}", std::process::id(), now_ms());
         Ok(Tier {
             bucket: Shared::open(config, &holder)?,
             metrics,
             down_until_ms: AtomicU64::new(0),
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            writes: Arc::new(Semaphore::new(MAX_WRITES)),
         })
     }
 
@@ -108,11 +124,28 @@ impl Tier {
             "manifest" => self.bucket.manifest_key(digest),
             _ => self.bucket.blob_key(digest),
         };
-        let tier = Arc::clone(self);
-        tokio::spawn(async move {
+        self.spawn_write(move |tier| async move {
             if let Err(e) = tier.bucket.delete(&key).await {
                 tier.failed(kind, &e);
             }
+        });
+    }
+
+    /// Runs a background write if fewer than [`MAX_WRITES`] run: past that, the write is
+    /// dropped (a slow bucket must not pile up tasks and memory; a dropped write costs sharing).
+    fn spawn_write<F, Fut>(self: &Arc<Self>, write: F)
+    where
+        F: FnOnce(Arc<Tier>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
+            tracing::debug!("shared tier write skipped: {MAX_WRITES} already running");
+            return;
+        };
+        let fut = write(Arc::clone(self));
+        tokio::spawn(async move {
+            fut.await;
+            drop(permit);
         });
     }
 
@@ -166,8 +199,7 @@ impl Tier {
             "manifest" => self.bucket.manifest_key(digest),
             _ => self.bucket.blob_key(digest),
         };
-        let tier = Arc::clone(self);
-        tokio::spawn(async move {
+        self.spawn_write(move |tier| async move {
             let len = bytes.len() as u64;
             match tier
                 .bucket
@@ -213,37 +245,46 @@ impl Tier {
     }
 
     /// Claims the upstream fetch of `digest`, or waits (at most until `deadline`) while another
-    /// replica holds it, until the blob lands in the bucket or the claim is free.
+    /// replica holds it, until the blob lands in the bucket or the claim runs out. A waiter
+    /// looks for the blob with a backoff and asks for the claim again only once it expired: a
+    /// fleet of waiters must not flood the bucket.
     pub async fn claim(&self, digest: &Digest, deadline: Instant) -> Claimed {
-        let mut waited = false;
         let key = self.bucket.blob_key(digest);
+        let mut waited = false;
         loop {
             if !self.up() {
                 return Claimed::Alone;
             }
-            match self.bucket.claim(digest).await {
+            let until_ms = match self.bucket.claim(digest).await {
                 Ok(Claim::Mine(lease)) => return Claimed::Mine(lease),
-                Ok(Claim::Held { .. }) => {}
+                Ok(Claim::Held { until_ms }) => until_ms,
                 Err(e) => {
                     self.failed("lease", &e);
                     return Claimed::Alone;
                 }
-            }
+            };
             if !waited {
                 waited = true;
                 self.metrics.shared_lease_waits.inc();
                 tracing::debug!(%digest, "another replica is fetching this blob: waiting");
             }
-            if Instant::now() + LEASE_POLL >= deadline {
-                return Claimed::Alone;
-            }
-            tokio::time::sleep(LEASE_POLL).await;
-            match self.bucket.exists(&key).await {
-                Ok(true) => return Claimed::Landed,
-                Ok(false) => {}
-                Err(e) => {
-                    self.failed("lease", &e);
+            let mut pause = LEASE_POLL;
+            loop {
+                if Instant::now() + pause >= deadline {
                     return Claimed::Alone;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LEASE_POLL_MAX);
+                match self.bucket.exists(&key).await {
+                    Ok(true) => return Claimed::Landed,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.failed("lease", &e);
+                        return Claimed::Alone;
+                    }
+                }
+                if now_ms() >= until_ms {
+                    break; // the holder's time ran out (or it let go): claim again
                 }
             }
         }
@@ -259,8 +300,19 @@ impl Tier {
         size: u64,
         lease: Option<Lease>,
     ) {
+        let permit = match Arc::clone(&self.uploads).try_acquire_owned() {
+            Ok(permit) if self.up() => permit,
+            _ => {
+                tracing::debug!(%digest, "blob not shared: the tier is down or busy");
+                if let Some(lease) = lease {
+                    self.release(lease);
+                }
+                return;
+            }
+        };
         let tier = Arc::clone(self);
         tokio::spawn(async move {
+            let _permit = permit;
             let started = Instant::now();
             match tier.bucket.upload_blob(&digest, file, path, size).await {
                 Ok(true) => {
@@ -300,7 +352,7 @@ impl Tier {
         }
         match self
             .bucket
-            .get_small(&self.bucket.record_key(kind, id), 1 << 20)
+            .get_small(&self.bucket.record_key(kind, id), MAX_RECORD as u64)
             .await
         {
             Ok(Some(got)) => match serde_json::from_slice(&got.bytes) {
@@ -322,6 +374,15 @@ impl Tier {
             },
             Ok(None) => {
                 self.found(kind, false);
+                None
+            }
+            // Too large to be one of ours: ignored, not a reason to skip the tier.
+            Err(e @ SharedError::Refused { .. }) => {
+                tracing::warn!(kind, error = %e, "oversized shared record ignored");
+                self.metrics
+                    .shared_refused
+                    .get_or_create(&SharedLabel { kind })
+                    .inc();
                 None
             }
             Err(e) => {
@@ -346,10 +407,13 @@ impl Tier {
         let Ok(bytes) = serde_json::to_vec(value) else {
             return;
         };
+        if bytes.len() > MAX_RECORD {
+            tracing::debug!(kind, bytes = bytes.len(), "record too large to share");
+            return;
+        }
         let key = self.bucket.record_key(kind, id);
         let version = read.map(|r| r.version);
-        let tier = Arc::clone(self);
-        tokio::spawn(async move {
+        self.spawn_write(move |tier| async move {
             let len = bytes.len() as u64;
             match tier.bucket.replace(&key, bytes.into(), version).await {
                 Ok(true) => {
