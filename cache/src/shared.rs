@@ -478,6 +478,16 @@ impl Shared {
         }
     }
 
+    /// Whether the store honours `If-None-Match: *`: a second create of one key must fail.
+    /// Garage 2.5, for one, overwrites: then leases and records are last-writer-wins.
+    pub async fn honours_conditional_create(&self) -> Result<bool, SharedError> {
+        let key = self.record_key("probe", &self.holder);
+        let first = self.create(&key, Bytes::from_static(b"1"), None).await?;
+        let second = self.create(&key, Bytes::from_static(b"2"), None).await?;
+        self.delete(&key).await?;
+        Ok(first && !second)
+    }
+
     /// Gives a claim up: others waiting may fetch (or find the blob landed). A claim that ran
     /// out and was taken over is another replica's now, and stays.
     pub async fn release(&self, lease: Lease) -> Result<(), SharedError> {

@@ -110,6 +110,9 @@ impl App {
             .as_ref()
             .map(|c| Tier::open(c, metrics.clone()).map(Arc::new))
             .transpose()?;
+        if let Some(tier) = &shared {
+            tier.probe_conditional_writes();
+        }
         let flights = Arc::new(Flights::new(metrics.clone(), shared.clone()));
         let caches = Caches {
             verdicts: Cache::new(100_000),

@@ -31,6 +31,7 @@ pub fn readiness(app: &App) -> String {
         "shared": app.shared.as_ref().map(|t| json!({
             "url": t.config().url,
             "state": if t.up() { "up" } else { "down" },
+            "conditional_writes": t.conditional_writes(),
         })),
     })
     .to_string()

@@ -8,7 +8,7 @@
 
 pub mod gc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,8 @@ pub struct Tier {
     down_until_ms: AtomicU64,
     uploads: Arc<Semaphore>,
     writes: Arc<Semaphore>,
+    /// Whether the store honours conditional creates: 0 not known yet, 1 yes, 2 no.
+    conditional: AtomicU8,
 }
 
 /// How a replica stands towards fetching a blob upstream.
@@ -79,6 +81,7 @@ impl Tier {
             down_until_ms: AtomicU64::new(0),
             uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
             writes: Arc::new(Semaphore::new(MAX_WRITES)),
+            conditional: AtomicU8::new(0),
         })
     }
 
@@ -89,6 +92,38 @@ impl Tier {
     /// Whether the tier is in use (not skipped after a recent failure): what `/readyz` reports.
     pub fn up(&self) -> bool {
         now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Finds out, in the background, whether the store honours conditional creates, and says
+    /// so once if it does not: content stays safe (keyed by digest, hash-checked), but two
+    /// replicas may then both hold a lease and records become last-writer-wins.
+    pub fn probe_conditional_writes(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tier = Arc::clone(self);
+        runtime.spawn(async move {
+            match tier.bucket.honours_conditional_create().await {
+                Ok(true) => tier.conditional.store(1, Ordering::Relaxed),
+                Ok(false) => {
+                    tier.conditional.store(2, Ordering::Relaxed);
+                    tracing::warn!(url = %tier.config().url,
+                        "the shared tier's store ignores conditional writes (If-None-Match): \
+                         replicas may fetch a blob upstream more than once and records are \
+                         last-writer-wins; content is still hash-checked");
+                }
+                Err(e) => tier.failed("probe", &e),
+            }
+        });
+    }
+
+    /// `/readyz`'s `conditional_writes`: `None` until probed.
+    pub fn conditional_writes(&self) -> Option<bool> {
+        match self.conditional.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 
     fn failed(&self, kind: &'static str, e: &SharedError) {
