@@ -122,13 +122,15 @@ async fn resolve_online(
     // The fleet's mapping, when a replica confirmed it more recently than this one: the TTL and
     // stale rules then run on the fleet's last confirmation.
     let id = format!("{}\0{key}", target.name);
-    let fresh_here = app.store.tag(&target.name, key)?.is_some_and(|rec| {
-        Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms)) < cache.tag_ttl
-    });
-    let mut shared = match &app.shared {
-        Some(tier) if !fresh_here => tier.record::<TagRecord>("tag", &id).await,
-        _ => None,
-    };
+    let mut shared = None;
+    if let Some(tier) = &app.shared {
+        let fresh_here = app.store.tag(&target.name, key)?.is_some_and(|rec| {
+            Duration::from_millis(now_ms().saturating_sub(rec.fetched_at_ms)) < cache.tag_ttl
+        });
+        if !fresh_here {
+            shared = tier.record::<TagRecord>("tag", &id).await;
+        }
+    }
     let adopted = match &shared {
         Some(rec) => adopt(app, target, tag, key, &rec.value, accept).await?,
         None => false,
