@@ -12,6 +12,7 @@
 //! Blobs above [`SINGLE_PUT_MAX`] go up in parts and are completed only once the parts hashed
 //! to the digest; a replica that dies mid-upload leaves no visible object.
 
+use std::collections::VecDeque;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub use object_store::UpdateVersion;
 
 /// Blobs up to this size go up in one conditional `PUT`; larger ones in parts of this size.
 pub const SINGLE_PUT_MAX: u64 = 8 << 20;
+/// Parts of one upload sent at once: each holds [`SINGLE_PUT_MAX`] bytes in memory.
+const PARTS_IN_FLIGHT: usize = 3;
 
 /// `[cache.shared]`: where the bucket is and how long to wait for it. Credentials come from the
 /// usual `AWS_*` environment variables or from the `*_file` keys, never from this file.
@@ -399,11 +402,19 @@ impl Shared {
             return Ok(false);
         }
         let mut upload = self.timed(self.store.put_multipart(&key)).await?;
+        // Parts go up a few at a time (stores take one connection's worth per part), read and
+        // hashed in order; the upload is completed only once every part is up and the whole
+        // file matched.
+        let mut parts: VecDeque<tokio::task::JoinHandle<object_store::Result<()>>> =
+            VecDeque::new();
         let mut reader = Some((file, Hasher::new(), 0u64));
         let result = async {
             loop {
                 let (file, hasher, done) = reader.take().expect("reader returned each round");
                 if done == size {
+                    while let Some(part) = parts.pop_front() {
+                        self.part_done(part).await?;
+                    }
                     if hasher.finish() != *digest {
                         return Err(refused(
                             "the held file no longer hashes to its digest".into(),
@@ -427,15 +438,34 @@ impl Shared {
                         done + n
                     )));
                 }
-                self.timed(upload.put_part(PutPayload::from(part))).await?;
+                if parts.len() >= PARTS_IN_FLIGHT {
+                    let oldest = parts.pop_front().expect("parts in flight");
+                    self.part_done(oldest).await?;
+                }
+                parts.push_back(tokio::spawn(upload.put_part(PutPayload::from(part))));
                 reader = Some((file, hasher, done + n));
             }
         }
         .await;
         if result.is_err() {
+            for part in parts {
+                part.abort();
+            }
             let _ = self.timed(upload.abort()).await;
         }
         result
+    }
+
+    /// Waits for one part of a multipart upload, within the timeout.
+    async fn part_done(
+        &self,
+        part: tokio::task::JoinHandle<object_store::Result<()>>,
+    ) -> Result<(), SharedError> {
+        match tokio::time::timeout(self.config.timeout, part).await {
+            Ok(Ok(done)) => done.map_err(SharedError::from),
+            Ok(Err(e)) => Err(SharedError::Config(format!("part upload task: {e}"))),
+            Err(_) => Err(SharedError::Timeout(self.config.timeout)),
+        }
     }
 
     /// Claims the upstream fetch of `digest` for this replica, taking over a claim whose time

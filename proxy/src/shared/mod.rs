@@ -28,9 +28,12 @@ use crate::metrics::{Metrics, SharedLabel};
 /// then waits twice as long each time, up to [`LEASE_POLL_MAX`].
 const LEASE_POLL: Duration = Duration::from_millis(100);
 const LEASE_POLL_MAX: Duration = Duration::from_secs(1);
-/// Blob uploads running at once: each holds a part (up to 8 MiB) in memory, and more would only
-/// split the bucket's bandwidth. Past it an upload is skipped: that costs sharing only.
-const MAX_UPLOADS: usize = 4;
+/// Blob uploads running at once: each holds up to four parts (8 MiB each) in memory, and more
+/// would only split the bucket's bandwidth.
+const MAX_UPLOADS: usize = 2;
+/// Uploads waiting their turn (an open file each, no buffer). Past it an upload is skipped:
+/// that costs sharing only.
+const MAX_QUEUED_UPLOADS: usize = 64;
 /// Small writes (manifests, evidence, records) running at once, for the same reasons.
 const MAX_WRITES: usize = 64;
 /// The largest record written or read (tag mappings are tiny; referrer lists are capped).
@@ -43,6 +46,7 @@ pub struct Tier {
     /// Until when (ms since the epoch) the tier is skipped after a failure.
     down_until_ms: AtomicU64,
     uploads: Arc<Semaphore>,
+    queued_uploads: Arc<Semaphore>,
     writes: Arc<Semaphore>,
     /// Whether the store honours conditional creates: 0 not known yet, 1 yes, 2 no.
     conditional: AtomicU8,
@@ -80,6 +84,7 @@ impl Tier {
             metrics,
             down_until_ms: AtomicU64::new(0),
             uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            queued_uploads: Arc::new(Semaphore::new(MAX_QUEUED_UPLOADS)),
             writes: Arc::new(Semaphore::new(MAX_WRITES)),
             conditional: AtomicU8::new(0),
         })
@@ -335,8 +340,8 @@ impl Tier {
         size: u64,
         lease: Option<Lease>,
     ) {
-        let permit = match Arc::clone(&self.uploads).try_acquire_owned() {
-            Ok(permit) if self.up() => permit,
+        let queued = match Arc::clone(&self.queued_uploads).try_acquire_owned() {
+            Ok(queued) if self.up() => queued,
             _ => {
                 tracing::debug!(%digest, "blob not shared: the tier is down or busy");
                 if let Some(lease) = lease {
@@ -347,7 +352,10 @@ impl Tier {
         };
         let tier = Arc::clone(self);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _queued = queued;
+            let Ok(_running) = Arc::clone(&tier.uploads).acquire_owned().await else {
+                return;
+            };
             let started = Instant::now();
             match tier.bucket.upload_blob(&digest, file, path, size).await {
                 Ok(true) => {
