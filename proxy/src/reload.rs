@@ -49,8 +49,18 @@ pub async fn watch(state: State, path: Option<PathBuf>, tls: Option<Arc<Tls>>) {
                 tracing::info!("configuration files changed: reloading");
             }
         }
+        // Stamps taken before the files are read: a file written while (or just after) they
+        // are read differs from them at the next tick and is read again, where stamps taken
+        // after the reload would already include the write and miss it for good.
+        let before = stamps(&state, path);
         reload(&state, path, tls.as_deref());
-        seen = stamps(&state, path);
+        seen = stamps(&state, path)
+            .into_iter()
+            .map(|(file, now)| {
+                let earlier = before.iter().find(|(f, _)| *f == file).map(|(_, s)| *s);
+                (file, earlier.unwrap_or(now))
+            })
+            .collect();
     }
 }
 
@@ -96,7 +106,7 @@ fn reload(state: &State, path: Option<&Path>, tls: Option<&Tls>) {
 
 /// Modification times (and sizes) of the config file and every file it names: a user removed
 /// from the users file, or a key revoked, takes effect without a signal.
-fn stamps(state: &State, path: Option<&Path>) -> Vec<Option<(SystemTime, u64)>> {
+fn stamps(state: &State, path: Option<&Path>) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
     let app = state.load();
     let c = &app.config;
     let s = &c.server;
@@ -114,8 +124,10 @@ fn stamps(state: &State, path: Option<&Path>) -> Vec<Option<(SystemTime, u64)>> 
                 .flat_map(|a| std::iter::once(a.key.as_path()).chain(a.password_file.as_deref())),
         )
         .map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
+            let stamp = std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (p.to_owned(), stamp)
         })
         .collect()
 }
