@@ -134,6 +134,16 @@ impl Fleet {
         )
     }
 
+    /// Pushes the small fixture as `repo:v1`: its manifest as JSON, and its digest.
+    async fn push_small(&self, repo: &str) -> (Value, String) {
+        push(Image::Small, &self.registry, &format!("{repo}:v1"));
+        let manifest = self.manifest(repo, "v1").await;
+        (
+            manifest,
+            manifest_digest_in_registry(&self.registry, repo, "v1"),
+        )
+    }
+
     /// The upstream's manifest `repo:reference` as JSON.
     async fn manifest(&self, repo: &str, reference: &str) -> Value {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.registry.url());
@@ -155,6 +165,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `repo:v1`'s manifest through replica `p`, as an OCI client asks for it.
+async fn manifest_v1(p: &Proxy, repo: &str) -> http::Response {
+    let url = format!("{}/v2/{repo}/manifests/v1", p.url());
+    http::request("GET", &url, &[("Accept", OCI_MANIFEST)]).await
+}
+
 fn layers(manifest: &Value) -> Vec<String> {
     let mut out = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
     for l in manifest["layers"].as_array().unwrap() {
@@ -169,9 +185,7 @@ fn layers(manifest: &Value) -> Vec<String> {
 async fn a_pull_through_one_replica_is_served_by_another_from_the_bucket() {
     let f = Fleet::start();
     let repo = "test/small";
-    push(Image::Small, &f.registry, &format!("{repo}:v1"));
-    let manifest = f.manifest(repo, "v1").await;
-    let digest = manifest_digest_in_registry(&f.registry, repo, "v1");
+    let (manifest, digest) = f.push_small(repo).await;
     let a = f.replica("a", f.pull_through());
     let b = f.replica("b", f.pull_through());
 
@@ -220,8 +234,7 @@ async fn twenty_cold_pulls_over_two_replicas_make_one_upstream_get() {
     let a = f.replica("a", f.pull_through());
     let b = f.replica("b", f.pull_through());
     for p in [&a, &b] {
-        let url = format!("{}/v2/{repo}/manifests/v1", p.url());
-        let r = http::request("GET", &url, &[("Accept", OCI_MANIFEST)]).await;
+        let r = manifest_v1(p, repo).await;
         assert_eq!(r.status, 200, "{}", p.log_contents());
     }
 
@@ -254,9 +267,7 @@ async fn twenty_cold_pulls_over_two_replicas_make_one_upstream_get() {
 async fn tampered_bucket_objects_are_refused_and_fetched_from_upstream() {
     let f = Fleet::start();
     let repo = "test/small";
-    push(Image::Small, &f.registry, &format!("{repo}:v1"));
-    let manifest = f.manifest(repo, "v1").await;
-    let digest = manifest_digest_in_registry(&f.registry, repo, "v1");
+    let (manifest, digest) = f.push_small(repo).await;
     let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
     let a = f.replica("a", f.pull_through());
     skopeo_copy(
@@ -372,13 +383,7 @@ async fn a_replica_killed_mid_upload_leaves_nothing_visible() {
     // A short lease: B takes the dead replica's over soon.
     let short_lease = |s: &mut SharedConfig| s.lease_ttl = Duration::from_secs(3);
     let mut a = f.replica_with("a", f.pull_through(), short_lease);
-    let url = format!("{}/v2/{repo}/manifests/v1", a.url());
-    assert_eq!(
-        http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(manifest_v1(&a, repo).await.status, 200);
 
     let blob = format!("{}/v2/{repo}/blobs/{layer}", a.url());
     let r = http::get(&blob).await;
@@ -398,13 +403,7 @@ async fn a_replica_killed_mid_upload_leaves_nothing_visible() {
     assert!(f.s3.get(&key).is_none(), "a partial upload became visible");
 
     let b = f.replica_with("b", f.pull_through(), short_lease);
-    let url = format!("{}/v2/{repo}/manifests/v1", b.url());
-    assert_eq!(
-        http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(manifest_v1(&b, repo).await.status, 200);
     let r = http::get(&format!("{}/v2/{repo}/blobs/{layer}", b.url())).await;
     assert_eq!(r.status, 200, "{}", b.log_contents());
     assert_eq!(sha256_hex(&r.body), layer);
@@ -427,22 +426,14 @@ async fn a_denied_image_stays_denied_on_every_replica() {
     let config = || f.keyed(Rule::new("keyed", &[&format!("{host}/keyed/**")]).key("release"));
     let a = f.replica("a", config());
     let b = f.replica("b", config());
-    let status = |p: &Proxy, repo: &str| {
-        let url = format!("{}/v2/{repo}/manifests/v1", p.url());
-        async move {
-            http::request("GET", &url, &[("Accept", OCI_MANIFEST)])
-                .await
-                .status
-        }
-    };
     assert_eq!(
-        status(&a, "keyed/signed").await,
+        manifest_v1(&a, "keyed/signed").await.status,
         200,
         "{}",
         a.log_contents()
     );
     assert_eq!(
-        status(&a, "keyed/unsigned").await,
+        manifest_v1(&a, "keyed/unsigned").await.status,
         403,
         "{}",
         a.log_contents()
@@ -451,13 +442,13 @@ async fn a_denied_image_stays_denied_on_every_replica() {
         !f.s3.keys(&format!("{PREFIX}/records/tag/")).is_empty()
     });
     assert_eq!(
-        status(&b, "keyed/signed").await,
+        manifest_v1(&b, "keyed/signed").await.status,
         200,
         "{}",
         b.log_contents()
     );
     assert_eq!(
-        status(&b, "keyed/unsigned").await,
+        manifest_v1(&b, "keyed/unsigned").await.status,
         403,
         "{}",
         b.log_contents()
@@ -481,9 +472,7 @@ async fn a_denied_image_stays_denied_on_every_replica() {
 async fn gc_deletes_only_what_no_kept_manifest_references() {
     let f = Fleet::start();
     let repo = "test/small";
-    push(Image::Small, &f.registry, &format!("{repo}:v1"));
-    let manifest = f.manifest(repo, "v1").await;
-    let digest = manifest_digest_in_registry(&f.registry, repo, "v1");
+    let (manifest, digest) = f.push_small(repo).await;
     let a = f.replica("a", f.pull_through());
     skopeo_copy(
         &format!("{}/{repo}:v1", a.host()),
@@ -573,11 +562,7 @@ async fn immutable_tags_hold_across_the_fleet() {
         .cache(|c| c.tag_ttl = Duration::ZERO)
     };
     let a = f.replica("a", config());
-    let get = |p: &Proxy| {
-        let url = format!("{}/v2/locked/app/manifests/v1", p.url());
-        async move { http::request("GET", &url, &[("Accept", OCI_MANIFEST)]).await }
-    };
-    let r = get(&a).await;
+    let r = manifest_v1(&a, "locked/app").await;
     assert_eq!(r.status, 200, "{}", a.log_contents());
     assert_eq!(r.header("docker-content-digest"), Some(first.as_str()));
     wait_until("the fleet's first digest", || {
@@ -589,7 +574,7 @@ async fn immutable_tags_hold_across_the_fleet() {
     assert_ne!(first, moved);
     let b = f.replica("b", config());
     for (name, p) in [("B", &b), ("A", &a)] {
-        let r = get(p).await;
+        let r = manifest_v1(p, "locked/app").await;
         assert_eq!(
             r.status,
             403,

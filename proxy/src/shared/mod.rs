@@ -94,6 +94,15 @@ impl Tier {
         self.bucket.config()
     }
 
+    /// Where content of `kind` lives: manifests apart, every other kind (blobs, evidence) by
+    /// its digest among the blobs.
+    fn content_key(&self, kind: &str, digest: &Digest) -> portcullis_cache::shared::Key {
+        match kind {
+            "manifest" => self.bucket.manifest_key(digest),
+            _ => self.bucket.blob_key(digest),
+        }
+    }
+
     /// Whether the tier is in use (not skipped after a recent failure): what `/readyz` reports.
     pub fn up(&self) -> bool {
         now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
@@ -160,10 +169,7 @@ impl Tier {
             .shared_refused
             .get_or_create(&SharedLabel { kind })
             .inc();
-        let key = match kind {
-            "manifest" => self.bucket.manifest_key(digest),
-            _ => self.bucket.blob_key(digest),
-        };
+        let key = self.content_key(kind, digest);
         self.spawn_write(move |tier| async move {
             if let Err(e) = tier.bucket.delete(&key).await {
                 tier.failed(kind, &e);
@@ -195,10 +201,7 @@ impl Tier {
         if !self.up() {
             return None;
         }
-        let key = match kind {
-            "manifest" => self.bucket.manifest_key(digest),
-            _ => self.bucket.blob_key(digest),
-        };
+        let key = self.content_key(kind, digest);
         match self.bucket.get_small(&key, max).await {
             Ok(got) => {
                 self.found(kind, got.is_some());
@@ -235,10 +238,7 @@ impl Tier {
         if !self.up() {
             return;
         }
-        let key = match kind {
-            "manifest" => self.bucket.manifest_key(digest),
-            _ => self.bucket.blob_key(digest),
-        };
+        let key = self.content_key(kind, digest);
         self.spawn_write(move |tier| async move {
             let len = bytes.len() as u64;
             match tier
