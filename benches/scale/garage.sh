@@ -41,19 +41,9 @@ PREFIX=fleet
 REGION=garage
 MIB=$((1024 * 1024))
 
-T="$(mktemp -d -t portcullis-garage.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [[ "${KEEP_TMP:-0}" == 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# shellcheck source=benches/e2e/lib.sh
-source "$HERE/../e2e/lib.sh"
+# A temp dir ($T) removed on exit with the processes in PIDS, benches/e2e/lib.sh, and helpers.
+# shellcheck source=benches/scale/lib.sh
+source "$HERE/lib.sh" garage
 for tool in docker-registry curl sha256sum openssl; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y docker-registry curl openssl)"
 done
@@ -63,11 +53,7 @@ done
 
 declare -A R # R[key] = figure, for the report
 
-secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}'; }
 bytes_under() { du -sb "$1" 2>/dev/null | cut -f1; }
-metric() { # metric PORT REGEX: the sum of the portcullis metrics whose line matches REGEX
-  curl -sf "http://127.0.0.1:$1/metrics" | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re {s += $NF} END {printf "%d", s}'
-}
 
 # ---- Garage -------------------------------------------------------------------------------------
 

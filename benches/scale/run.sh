@@ -44,19 +44,9 @@ S3_AUTH='AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/s3/aws4_request, S
 S3_ENV=(env -u AWS_CA_BUNDLE -u AWS_SESSION_TOKEN -u AWS_PROFILE -u AWS_ENDPOINT -u AWS_ENDPOINT_URL
   -u AWS_DEFAULT_REGION AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1)
 
-T="$(mktemp -d -t portcullis-scale.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [[ "${KEEP_TMP:-0}" == 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# shellcheck source=benches/e2e/lib.sh
-source "$HERE/../e2e/lib.sh"
+# A temp dir ($T) removed on exit with the processes in PIDS, benches/e2e/lib.sh, and helpers.
+# shellcheck source=benches/scale/lib.sh
+source "$HERE/lib.sh" scale
 for tool in docker-registry curl sha256sum openssl; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y docker-registry curl openssl)"
 done
@@ -78,7 +68,6 @@ verify() { # verify URL: the body's sha256 must be the big blob's digest
   [[ "$got" == "$BIG_DGST" ]] || die "$1 served wrong bytes: $got"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}'; }
 upstream_count() { # upstream_count METHOD: the upstream's access-log lines for the big blob
   grep -c "\"$1 /v2/$REPO/blobs/$BIG_DGST" "$T/upstream.log" || true
 }
@@ -98,9 +87,6 @@ s3_wait() {
 }
 s3_keys() { # s3_keys PREFIX: how many objects under PREFIX (one page is plenty here)
   s3 "$S3/$BUCKET?list-type=2&prefix=$1" | grep -o '<Key>' | wc -l
-}
-metric() { # metric PORT REGEX: the sum of the portcullis metrics whose line matches REGEX
-  curl -sf "http://127.0.0.1:$1/metrics" | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re {s += $NF} END {printf "%d", s}'
 }
 
 setup_upstream() {
